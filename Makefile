@@ -1,0 +1,39 @@
+# frozenrep: the two commands of the README, and a few conveniences.
+#   make table1   install into .venv, then build results/table1.csv on the embedded default
+#   make test     install into .venv, then run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.frozenrep-installed
+
+.PHONY: table1 test venv lint dry-run-paper mlflow-ui clean
+
+table1: $(STAMP)
+	$(BIN)/snakemake --cores all results/table1.csv
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+venv: $(STAMP)
+
+$(STAMP): envs/requirements.txt envs/constraints.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: frozenrep needs Python 3.11 (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+	$(BIN)/python -m pip install --progress-bar off -r envs/requirements.txt -c envs/constraints.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+
+dry-run-paper: $(STAMP)
+	$(BIN)/snakemake -n --configfile params/paper.yaml results/table1.csv
+
+# The MLflow UI over the project's tracking store, on 127.0.0.1 only.
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf data checkpoints runs results logs mlruns.db mlartifacts .snakemake

@@ -1,0 +1,39 @@
+# Backbone checkpoints: create the embedded default's tiny backbones, fetch and verify every one.
+
+
+rule create_local_backbone:
+    output:
+        ckpt="checkpoints/local/{name}.safetensors",
+        sha="checkpoints/local/{name}.safetensors.sha256",
+    params:
+        entry=creatable_entry_json,
+    log:
+        "logs/checkpoints/create_{name}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/frozenrep.yaml"
+    shell:
+        "python workflow_scripts/create_backbone.py --entry {params.entry:q} --out {output.ckpt:q} 2> {log:q}"
+
+
+rule fetch_checkpoint:
+    input:
+        unpack(local_checkpoint_source),
+    output:
+        ckpt="checkpoints/{name}.{ext}",
+        sha="checkpoints/{name}.{ext}.sha256",
+    params:
+        entry=registry_entry_json,
+    log:
+        "logs/checkpoints/fetch_{name}.{ext}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    conda:
+        "../envs/frozenrep.yaml"
+    shell:
+        "python workflow_scripts/fetch_checkpoint.py --entry {params.entry:q} --out {output.ckpt:q} 2> {log:q}"

@@ -1,0 +1,115 @@
+# Python helpers for the rules: targets, input functions, job specs. No logic beyond naming.
+import json
+import sys
+
+from frozenrep.checkpoints import load_registry
+from frozenrep.config import DATASET_OF_TASK, check_config, prefer_interpreter
+
+# Jobs' `python` is the interpreter running Snakemake (the project's virtual environment), even
+# when snakemake was started as .venv/bin/snakemake without activating the environment.
+prefer_interpreter(sys.executable)
+REGISTRY = load_registry(config["registry"])
+check_config(config, REGISTRY)
+SEEDS = list(range(config["seeds"]))
+
+
+def init_tracking():
+    """Create the tracking store and the study's experiment once, before jobs race to do it."""
+    from frozenrep.tracking import ensure_experiment, resolve_uri
+
+    ensure_experiment(resolve_uri(config["tracking"]["uri"]), config["study"], config["tracking"]["artifacts"])
+
+
+def get_final_outputs():
+    """What a plain `snakemake` builds: the study's table."""
+    return ["results/table1.csv"]
+
+
+def checkpoint_path(name):
+    """Verified local copy of a registry entry's weights."""
+    return str(REGISTRY[name].local_path())
+
+
+def local_checkpoint_source(wildcards):
+    """For file: sources created by a rule, the file to fetch from (so the rule runs first)."""
+    entry = REGISTRY[wildcards.name]
+    if entry.create is not None:
+        return {"source": entry.source[len("file:") :]}
+    return {}
+
+
+def registry_entry_json(wildcards):
+    """One registry entry as JSON: a change to it reruns only that checkpoint's jobs."""
+    return json.dumps(REGISTRY[wildcards.name].__dict__, sort_keys=True)
+
+
+def creatable_entry_json(wildcards):
+    """The registry entry of a locally created backbone, by the file name its source names."""
+    for entry in REGISTRY.values():
+        if entry.create is not None and entry.source == f"file:checkpoints/local/{wildcards.name}.safetensors":
+            return json.dumps(entry.__dict__, sort_keys=True)
+    raise ValueError(
+        f"no registry entry creates checkpoints/local/{wildcards.name}.safetensors "
+        f"(entries with `create:` in {config['registry']})"
+    )
+
+
+def dataset_manifest(task):
+    return f"data/{DATASET_OF_TASK[task]}.manifest.json"
+
+
+def dataset_config_json(dataset):
+    return json.dumps(config["datasets"][dataset], sort_keys=True)
+
+
+def head_inputs(wildcards):
+    return {
+        "manifest": dataset_manifest(wildcards.task),
+        "checkpoint": checkpoint_path(wildcards.backbone),
+    }
+
+
+def job_spec(wildcards):
+    """Everything a training/evaluation job needs, as JSON (a change reruns exactly the affected jobs)."""
+    return json.dumps(
+        {
+            "study": config["study"],
+            "task": wildcards.task,
+            "backbone": wildcards.backbone,
+            "mode": wildcards.mode,
+            "seed": int(wildcards.seed),
+            "entry": REGISTRY[wildcards.backbone].__dict__,
+            "task_config": {k: v for k, v in config[wildcards.task].items() if k != "resources"},
+            "device": config["device"],
+            "tracking": config["tracking"],
+        },
+        sort_keys=True,
+    )
+
+
+def task_resource(key):
+    """Input function for a task's `resources` entry (threads, gpus, mem_mb, runtime)."""
+
+    def get(wildcards):
+        return config[wildcards.task]["resources"][key]
+
+    return get
+
+
+def task_threads(wildcards):
+    return config[wildcards.task]["resources"]["threads"]
+
+
+def metrics_path(task, backbone, mode, seed):
+    return f"results/metrics/{task}/{backbone}/{mode}/seed{seed}.json"
+
+
+def get_table_inputs():
+    """Every metric file of the study: task x backbone x mode x seed."""
+    return [
+        metrics_path(task, backbone, mode, seed)
+        for task in config["tasks"]
+        for backbone in config["backbones"]
+        for mode in config["modes"]
+        for seed in SEEDS
+    ]

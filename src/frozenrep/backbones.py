@@ -1,0 +1,98 @@
+"""The shared frozen backbone: any timm ``features_only`` model as a multi-scale feature extractor.
+
+Every task head sees only :class:`BackboneAdapter`'s ``names``, ``channels`` and ``strides``
+(detectron2's ``output_shape()`` habit), never a particular architecture.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from frozenrep.checkpoints import CheckpointEntry, create_model, load_into_model
+
+Mode = Literal["frozen", "finetune"]
+MODES: tuple[str, ...] = ("frozen", "finetune")
+
+
+class BackboneAdapter(nn.Module):
+    """Wrap a timm ``features_only`` model; return ``OrderedDict[name, NCHW tensor]``.
+
+    In ``frozen`` mode the weights never change: ``requires_grad`` is off, the module stays in
+    ``eval()`` whatever ``train()`` is called with, and the forward runs under ``torch.no_grad()``
+    so no activations are kept for it.
+    """
+
+    def __init__(self, features: nn.Module, mode: Mode = "frozen") -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        info = features.feature_info
+        self.body = features
+        self.mode = mode
+        self.channels: list[int] = list(info.channels())
+        self.strides: list[int] = list(info.reduction())
+        self.names: list[str] = [f"stage{i + 1}" for i in range(len(self.channels))]
+        fmt = getattr(features, "output_fmt", "NCHW")
+        self._channels_last = getattr(fmt, "value", fmt) == "NHWC"
+        if self.frozen:
+            self.body.requires_grad_(False)
+            self.body.eval()
+
+    @property
+    def frozen(self) -> bool:
+        return self.mode == "frozen"
+
+    def train(self, mode: bool = True) -> "BackboneAdapter":
+        super().train(mode)
+        if self.frozen:
+            self.body.eval()
+        return self
+
+    def output_shape(self) -> dict[str, tuple[int, int]]:
+        """``{name: (channels, stride)}`` for every level, finest first."""
+        return {n: (c, s) for n, c, s in zip(self.names, self.channels, self.strides)}
+
+    def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        if self.frozen:
+            with torch.no_grad():
+                feats = self.body(images)
+        else:
+            feats = self.body(images)
+        if self._channels_last:
+            feats = [f.permute(0, 3, 1, 2).contiguous() for f in feats]
+        return OrderedDict(zip(self.names, feats))
+
+
+def features_from_model(model: nn.Module, out_indices: tuple[int, ...] | None = None) -> nn.Module:
+    """Turn a built timm model into its ``features_only`` form (what ``create_model(features_only=True)`` builds)."""
+    from timm.models import FeatureListNet
+
+    if out_indices is None:
+        out_indices = tuple(range(len(model.feature_info)))
+    fmt = getattr(model, "output_fmt", "NCHW")
+    return FeatureListNet(model, out_indices=out_indices, output_fmt=getattr(fmt, "value", fmt),
+                          flatten_sequential=True)
+
+
+def build_backbone(entry: CheckpointEntry, checkpoint: str | Path | None, mode: Mode = "frozen",
+                   out_indices: tuple[int, ...] | None = None) -> BackboneAdapter:
+    """The registry entry's backbone with its checkpoint loaded strictly (random weights if None)."""
+    model = load_into_model(entry, checkpoint) if checkpoint is not None else create_model(entry)
+    return BackboneAdapter(features_from_model(model, out_indices), mode=mode)
+
+
+def frozen_prefixes(model: nn.Module) -> list[str]:
+    """State-dict prefixes of every frozen backbone inside ``model`` (their weights are not saved)."""
+    return [f"{name}." if name else "" for name, module in model.named_modules()
+            if isinstance(module, BackboneAdapter) and module.frozen]
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict without the frozen backbone: what training changes."""
+    prefixes = frozen_prefixes(model)
+    return {k: v for k, v in model.state_dict().items() if not any(k.startswith(p) for p in prefixes)}

@@ -1,0 +1,263 @@
+"""The checkpoint registry (params/checkpoints.yaml): fetching, safe loading, conversion to timm.
+
+Fetched checkpoints are data, never code: safetensors files are read with safetensors, everything
+else with ``torch.load(weights_only=True)``. Official Microsoft Swin/SwinV2 checkpoints are
+converted to timm keys by timm's own ``checkpoint_filter_fn`` and loaded strictly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pickle
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import yaml
+
+from frozenrep.download import fetch, local_source_path
+
+if TYPE_CHECKING:
+    import torch
+from frozenrep.io import file_digest, write_text_atomic
+from frozenrep.progress import log, setup_logging
+
+FORMATS = ("official-swin", "official-swinv2", "timm", "safetensors")
+HF_ENDPOINT_DEFAULT = "https://huggingface.co"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be used; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One registry entry: where a backbone's weights come from and what they are."""
+
+    name: str
+    source: str
+    format: str
+    arch: str
+    pretraining: str
+    sha256: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    drop_keys: tuple[str, ...] = ()
+    create: dict[str, Any] | None = None
+    input_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    input_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    note: str = ""
+
+    @property
+    def suffix(self) -> str:
+        return ".safetensors" if self.format == "safetensors" else ".pth"
+
+    def local_path(self, root: str | Path = "checkpoints") -> Path:
+        """Where the verified copy of this checkpoint lives."""
+        return Path(root) / f"{self.name}{self.suffix}"
+
+
+def load_registry(path: str | Path) -> dict[str, CheckpointEntry]:
+    """Read and validate the registry; raises CheckpointError naming the entry and key at fault."""
+    import jsonschema
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise CheckpointError(f"cannot read checkpoint registry {path}: {err}") from err
+    schema_path = path.parent / "schemas" / "checkpoints.schema.yaml"  # params/schemas/ beside the registry
+    schema = yaml.safe_load(schema_path.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(raw), key=lambda e: list(e.path))
+    if errors:
+        lines = [f"  {'.'.join(str(p) for p in e.path) or '<top>'}: {e.message}" for e in errors[:10]]
+        raise CheckpointError(f"checkpoint registry {path} is invalid:\n" + "\n".join(lines))
+    entries = {}
+    for name, item in raw.items():
+        item = dict(item)
+        for key in ("input_mean", "input_std", "drop_keys"):
+            if key in item:
+                item[key] = tuple(item[key])
+        item.pop("sha256_note", None)
+        entries[name] = CheckpointEntry(name=name, **item)
+    return entries
+
+
+def resolve_source(entry: CheckpointEntry) -> str:
+    """The URL to fetch: ``timm:<arch>.<tag>`` becomes the Hugging Face hub file (honours HF_ENDPOINT)."""
+    if entry.source.startswith("timm:"):
+        import os
+
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(entry.source[len("timm:"):])
+        if cfg is None or not cfg.hf_hub_id:
+            raise CheckpointError(f"registry entry {entry.name}: {entry.source} names no timm hub weights; "
+                                  "use a name from `timm.list_pretrained()`.")
+        endpoint = os.environ.get("HF_ENDPOINT", HF_ENDPOINT_DEFAULT).rstrip("/")
+        return f"{endpoint}/{cfg.hf_hub_id}/resolve/main/model.safetensors"
+    return entry.source
+
+
+def expected_sha256(entry: CheckpointEntry) -> str | None:
+    """The pinned hash, or for a locally created file the hash its producer recorded beside it."""
+    if entry.sha256:
+        return entry.sha256
+    if urlparse(entry.source).scheme == "file":
+        sidecar = Path(str(local_source_path(entry.source)) + ".sha256")
+        if sidecar.exists():
+            return sidecar.read_text().split()[0]
+    return None
+
+
+def fetch_checkpoint(entry: CheckpointEntry, dest: str | Path, **kwargs: Any) -> str:
+    """Fetch and verify one checkpoint; write ``<dest>.sha256``; return the sha256."""
+    dest = Path(dest)
+    expected = expected_sha256(entry)
+    digest = fetch(resolve_source(entry), dest, sha256=expected, **kwargs)
+    if expected is None:
+        log.warning("checkpoint %s has no pinned sha256 (%s). First verified download: %s. Pin it with "
+                    "`frozenrep-checkpoint pin %s` so later downloads are checked.",
+                    entry.name, entry.note or "none published", digest, entry.name)
+    write_text_atomic(str(dest) + ".sha256", f"{digest}  {dest.name}\n")
+    return digest
+
+
+def pin_sha256(registry_path: str | Path, name: str, digest: str) -> None:
+    """Write ``sha256: <digest>`` into the registry entry ``name``, keeping comments and layout."""
+    registry_path = Path(registry_path)
+    lines = registry_path.read_text().splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == f"{name}:"), None)
+    if start is None:
+        raise CheckpointError(f"{registry_path}: no entry named {name!r}")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i][:1] not in (" ", "\t", "\n", "#")), len(lines))
+    for i in range(start + 1, end):
+        match = re.match(r"(\s+)sha256:\s*(\S*)(.*)$", lines[i].rstrip("\n"))
+        if match:
+            lines[i] = f"{match.group(1)}sha256: {digest}{match.group(3)}\n"
+            break
+    else:
+        indent = re.match(r"\s+", lines[start + 1]).group(0) if start + 1 < end else "  "
+        lines.insert(start + 1, f"{indent}sha256: {digest}\n")
+    write_text_atomic(registry_path, "".join(lines))
+
+
+def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
+    """Read tensors from a checkpoint file without running any code from it."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; run `snakemake {path}` to fetch it.")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({err}); delete it and fetch again.") from err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"checkpoint {path} was refused: it holds pickled objects other than tensors, which could run code "
+            f"when loaded ({str(err).splitlines()[0]}). frozenrep never unpickles fetched files; convert it to "
+            "safetensors or a plain state dict in a trusted environment."
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({err}); delete it and fetch again.") from err
+    for key in ("model", "state_dict", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {path} is not a state dict of tensors (top-level keys: "
+                              f"{list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__}).")
+    return obj
+
+
+def checkpoint_filter(arch: str):
+    """timm's own ``checkpoint_filter_fn`` for the module that defines ``arch``."""
+    import timm
+
+    module = importlib.import_module(timm.models.model_entrypoint(arch).__module__)
+    filter_fn = getattr(module, "checkpoint_filter_fn", None)
+    if filter_fn is None:
+        raise CheckpointError(f"timm module {module.__name__} has no checkpoint_filter_fn for {arch}")
+    return filter_fn
+
+
+def create_model(entry: CheckpointEntry, num_classes: int = 0, **overrides: Any) -> "torch.nn.Module":
+    """Build the registry entry's timm architecture (random weights), accepting any input size."""
+    import timm
+
+    kwargs = {**entry.arch_kwargs, **overrides}
+    kwargs.setdefault("dynamic_img_size", True)
+    return timm.create_model(entry.arch, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+def load_into_model(entry: CheckpointEntry, path: str | Path, **overrides: Any) -> "torch.nn.Module":
+    """Build ``entry.arch`` and load the checkpoint strictly, converting official keys with timm.
+
+    The classifier of the checkpoint (if any) is kept so that loading stays strict; the feature
+    extractor built from the model drops it.
+    """
+    state = read_state_dict(path)
+    if entry.drop_keys:
+        state = {k: v for k, v in state.items() if not any(re.search(p, k) for p in entry.drop_keys)}
+    head = state.get("head.fc.weight", state.get("head.weight"))
+    model = create_model(entry, num_classes=0 if head is None else head.shape[0], **overrides)
+    if entry.format in ("official-swin", "official-swinv2", "timm"):
+        state = checkpoint_filter(entry.arch)(state, model)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:15]) + (f" … ({len(keys)} in all)" if len(keys) > 15 else "") if keys else "none"
+
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {entry.arch} (registry entry {entry.name}, format {entry.format}).\n"
+            f"  missing keys: {show(list(missing))}\n  unexpected keys: {show(list(unexpected))}\n"
+            "Check the entry's arch, arch_kwargs and format, or list keys to ignore under drop_keys."
+        )
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``frozenrep-checkpoint``: fetch a registry entry, or pin the hash of its first verified download."""
+    setup_logging()
+    parser = argparse.ArgumentParser(prog="frozenrep-checkpoint", description=main.__doc__)
+    parser.add_argument("--registry", default="params/checkpoints.yaml")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_fetch = sub.add_parser("fetch", help="download and verify NAME into checkpoints/")
+    p_fetch.add_argument("name")
+    p_fetch.add_argument("--dest", help="output path (default checkpoints/NAME.pth|.safetensors)")
+    p_pin = sub.add_parser("pin", help="record the sha256 of the verified local copy of NAME in the registry")
+    p_pin.add_argument("name")
+    p_pin.add_argument("--file", help="the verified file (default: its path under checkpoints/)")
+    args = parser.parse_args(argv)
+    try:
+        registry = load_registry(args.registry)
+        if args.name not in registry:
+            raise CheckpointError(f"no checkpoint named {args.name!r} in {args.registry}; known: {', '.join(registry)}")
+        entry = registry[args.name]
+        if args.command == "fetch":
+            fetch_checkpoint(entry, args.dest or entry.local_path())
+        else:
+            path = Path(args.file) if args.file else entry.local_path()
+            if not path.is_file():
+                raise CheckpointError(f"{path} does not exist: fetch {args.name} first.")
+            digest = file_digest(path)
+            load_into_model(entry, path)  # pin only what really loads into the architecture
+            pin_sha256(args.registry, args.name, digest)
+            print(f"{args.name}: sha256 {digest} pinned in {args.registry}")
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

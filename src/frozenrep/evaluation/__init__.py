@@ -1,0 +1,1 @@
+"""Metrics, computed from predictions with the field's reference implementations."""

@@ -1,0 +1,1 @@
+"""Task heads on the shared backbone adapter."""

@@ -1,0 +1,110 @@
+"""Detection + instance segmentation: torchvision's Mask R-CNN with FPN on the backbone adapter.
+
+Head capacity (FPN width, extra levels, RPN and box-head convolutions, mask-head depth) is set
+by keyword arguments, because the head-capacity study varies it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from frozenrep.backbones import BackboneAdapter
+
+
+@dataclass
+class DetectionHeadConfig:
+    """Mask R-CNN + FPN settings (keys of ``detection.head`` in params)."""
+
+    fpn_channels: int = 256
+    extra_blocks: str = "maxpool"           # "maxpool" (P6 by max-pooling, the Mask R-CNN default) or "none"
+    anchor_sizes: Sequence[Sequence[int]] = ((32,), (64,), (128,), (256,), (512,))
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0)
+    rpn_convs: int = 1
+    box_head_convs: int = 0                 # 0: two fully connected layers; >0: "NconvFC" head with GroupNorm
+    box_head_fc: int = 1024
+    mask_head_convs: int = 4
+    min_size: int = 800
+    max_size: int = 1333
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    detections_per_image: int = 100
+    score_threshold: float = 0.05
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
+
+
+class FPNBackbone(nn.Module):
+    """Backbone adapter followed by a feature pyramid; ``out_channels`` as torchvision expects."""
+
+    def __init__(self, body: BackboneAdapter, out_channels: int, extra_blocks: str = "maxpool") -> None:
+        super().__init__()
+        if extra_blocks not in ("maxpool", "none"):
+            raise ValueError(f"detection.head.extra_blocks must be 'maxpool' or 'none', got {extra_blocks!r}")
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(body.channels, out_channels,
+                                         extra_blocks=LastLevelMaxPool() if extra_blocks == "maxpool" else None)
+        self.out_channels = out_channels
+        self.num_levels = len(body.channels) + (1 if extra_blocks == "maxpool" else 0)
+
+    def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        return self.fpn(self.body(images))
+
+
+def build_mask_rcnn(backbone: BackboneAdapter, num_classes: int, head: DetectionHeadConfig,
+                    image_mean: Sequence[float], image_std: Sequence[float]) -> MaskRCNN:
+    """Mask R-CNN with FPN on ``backbone``; sized from the adapter's channels and levels only."""
+    fpn = FPNBackbone(backbone, head.fpn_channels, head.extra_blocks)
+    if len(head.anchor_sizes) != fpn.num_levels:
+        raise ValueError(f"detection.head.anchor_sizes has {len(head.anchor_sizes)} levels, but the FPN on this "
+                         f"backbone has {fpn.num_levels} ({len(backbone.channels)} stages"
+                         f"{' + max-pool level' if head.extra_blocks == 'maxpool' else ''}); give one tuple per level.")
+    anchors = AnchorGenerator(tuple(tuple(s) for s in head.anchor_sizes),
+                              (tuple(head.aspect_ratios),) * fpn.num_levels)
+    channels = head.fpn_channels
+    rpn_head = RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=head.rpn_convs)
+    box_pool = MultiScaleRoIAlign(backbone.names, output_size=7, sampling_ratio=2)
+    mask_pool = MultiScaleRoIAlign(backbone.names, output_size=14, sampling_ratio=2)
+    if head.box_head_convs > 0:
+        box_head: nn.Module = FastRCNNConvFCHead((channels, 7, 7), [channels] * head.box_head_convs,
+                                                 [head.box_head_fc], norm_layer=_group_norm)
+    else:
+        box_head = TwoMLPHead(channels * 7 * 7, head.box_head_fc)
+    mask_head = MaskRCNNHeads(channels, [channels] * head.mask_head_convs, 1, norm_layer=_group_norm)
+    mask_predictor = MaskRCNNPredictor(channels, channels, num_classes)
+    return MaskRCNN(
+        fpn, num_classes=None, min_size=head.min_size, max_size=head.max_size,
+        image_mean=list(image_mean), image_std=list(image_std),
+        rpn_anchor_generator=anchors, rpn_head=rpn_head,
+        rpn_pre_nms_top_n_train=head.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=head.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=head.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=head.rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=head.rpn_batch_size_per_image,
+        box_roi_pool=box_pool, box_head=box_head,
+        box_predictor=FastRCNNPredictor(head.box_head_fc, num_classes), box_batch_size_per_image=head.box_batch_size_per_image,
+        box_detections_per_img=head.detections_per_image, box_score_thresh=head.score_threshold,
+        mask_roi_pool=mask_pool, mask_head=mask_head, mask_predictor=mask_predictor,
+    )
+
+
+def detection_loss(model: MaskRCNN, batch: tuple[list[torch.Tensor], list[dict]]) -> dict[str, torch.Tensor]:
+    """Mask R-CNN's own training losses for a batch of ``(images, targets)``."""
+    images, targets = batch
+    return model(images, targets)

@@ -1,0 +1,130 @@
+"""The training and evaluation jobs that the workflow scripts run (one task, backbone, mode, seed)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from frozenrep.backbones import build_backbone, trainable_state_dict
+from frozenrep.checkpoints import CheckpointEntry
+from frozenrep.io import atomic_path, file_digest, write_json_atomic
+from frozenrep.progress import log
+from frozenrep.tasks import dataclass_from, get_task
+from frozenrep.tracking import flatten, git_commit, resolve_uri, run_name, tracked_run
+from frozenrep.training import TrainConfig, fingerprint_of, train
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for, but no CUDA device is visible; set device: auto or cpu.")
+    return torch.device(name)
+
+
+def entry_from_spec(spec: dict[str, Any]) -> CheckpointEntry:
+    item = dict(spec["entry"])
+    for key in ("input_mean", "input_std", "drop_keys"):
+        if key in item:
+            item[key] = tuple(item[key])
+    return CheckpointEntry(**item)
+
+
+def checkpoint_sha256(checkpoint: Path) -> str:
+    sidecar = Path(str(checkpoint) + ".sha256")
+    return sidecar.read_text().split()[0] if sidecar.exists() else file_digest(checkpoint)
+
+
+def build_model(spec: dict[str, Any], checkpoint: Path, train_set: Any) -> torch.nn.Module:
+    """The task's head on the registry backbone, seeded so that the head's init is reproducible."""
+    task = get_task(spec["task"])
+    entry = entry_from_spec(spec)
+    torch.manual_seed(spec["seed"])
+    backbone = build_backbone(entry, checkpoint, mode=spec["mode"])
+    return task.build_head(backbone, train_set, spec["task_config"], entry)
+
+
+def job_tags(spec: dict[str, Any], checkpoint: Path, manifest: Path, job: str) -> dict[str, Any]:
+    return {"task": spec["task"], "backbone": spec["backbone"], "pretraining": spec["entry"]["pretraining"],
+            "mode": spec["mode"], "seed": spec["seed"], "job": job, "git_commit": git_commit(),
+            "checkpoint_sha256": checkpoint_sha256(checkpoint), "data_sha256": file_digest(manifest)}
+
+
+def job_fingerprint(spec: dict[str, Any], checkpoint: Path) -> str:
+    return fingerprint_of({k: v for k, v in spec.items() if k != "tracking"}, checkpoint_sha256(checkpoint))
+
+
+def run_training(spec: dict[str, Any], checkpoint: Path, manifest: Path, out_head: Path) -> None:
+    """Train the task head; write ``out_head`` (safetensors) atomically when done."""
+    task = get_task(spec["task"])
+    device = pick_device(spec.get("device", "auto"))
+    root = Path(json.loads(Path(manifest).read_text())["root"])
+    train_set, _ = task.datasets(root)
+    model = build_model(spec, checkpoint, train_set)
+    cfg = dataclass_from(TrainConfig, spec["task_config"]["train"], f"{spec['task']}.train")
+    run_dir = out_head.parent
+    fingerprint = job_fingerprint(spec, checkpoint)
+    state_file = run_dir / "mlflow_run_id"  # "<fingerprint> <run id>": a resumed job continues its run
+    saved = state_file.read_text().split() if state_file.exists() else []
+    resume_id = saved[1] if len(saved) == 2 and saved[0] == fingerprint else None
+    tracking = spec.get("tracking", {})
+    name = run_name(spec["task"], spec["backbone"], spec["mode"], spec["seed"])
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    params = {**flatten("", spec["task_config"]), "backbone": spec["backbone"], "mode": spec["mode"],
+              "seed": spec["seed"], "trainable_params": trainable,
+              "total_params": sum(p.numel() for p in model.parameters())}
+    with tracked_run(resolve_uri(tracking.get("uri")), spec["study"], name,
+                     job_tags(spec, checkpoint, manifest, "train"), params, resume_run_id=resume_id) as run:
+        state_file.write_text(f"{fingerprint} {run.run_id}\n")
+        start = time.monotonic()
+        result = train(model, train_set, task.collate, task.loss, cfg, run_dir, seed=spec["seed"],
+                       fingerprint=fingerprint, logger=run, device=device)
+        run.log_metrics({"train/seconds": time.monotonic() - start}, result["step"])
+        state = {k: v.detach().cpu().contiguous() for k, v in trainable_state_dict(model).items()}
+        with atomic_path(out_head) as tmp:
+            save_file(state, str(tmp), metadata={"fingerprint": fingerprint, "mlflow_run_id": run.run_id,
+                                                 "steps": str(result["step"])})
+        log.info("%s: %d steps, final loss %.4f, %d trainable parameters -> %s", name, result["step"],
+                 result["losses"].get("loss", float("nan")), trainable, out_head)
+
+
+def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head: Path, out_metrics: Path) -> None:
+    """Score the trained head on the validation split; write ``out_metrics`` (JSON) atomically."""
+    from safetensors import safe_open
+
+    task = get_task(spec["task"])
+    device = pick_device(spec.get("device", "auto"))
+    root = Path(json.loads(Path(manifest).read_text())["root"])
+    train_set, val_set = task.datasets(root)
+    model = build_model(spec, checkpoint, train_set)
+    with safe_open(str(head), "pt") as handle:
+        meta = handle.metadata() or {}
+    state = load_file(str(head))
+    expected = set(trainable_state_dict(model))
+    if set(state) != expected:
+        raise RuntimeError(f"head weights {head} do not match the model: missing {sorted(expected - set(state))[:5]}, "
+                           f"unexpected {sorted(set(state) - expected)[:5]}; retrain it (delete the file).")
+    model.load_state_dict(state, strict=False)
+    model.to(device)
+    tracking = spec.get("tracking", {})
+    name = run_name(spec["task"], spec["backbone"], spec["mode"], spec["seed"])
+    with tracked_run(resolve_uri(tracking.get("uri")), spec["study"], name,
+                     job_tags(spec, checkpoint, manifest, "train+evaluate"),
+                     resume_run_id=meta.get("mlflow_run_id")) as run:
+        start = time.monotonic()
+        metrics, _ = task.evaluate(model, val_set, spec["task_config"], device)
+        seconds = time.monotonic() - start
+        run.log_metrics({f"{spec['task']}/{k}": v for k, v in metrics.items()}, int(meta.get("steps", 0)))
+        record = {"task": spec["task"], "backbone": spec["backbone"], "pretraining": spec["entry"]["pretraining"],
+                  "mode": spec["mode"], "seed": spec["seed"], "metrics": metrics,
+                  "table_metrics": list(task.table_metrics), "num_images": len(val_set),
+                  "eval_seconds": round(seconds, 2), "checkpoint_sha256": checkpoint_sha256(checkpoint),
+                  "data_sha256": file_digest(manifest), "mlflow_run_id": run.run_id}
+        write_json_atomic(out_metrics, record)
+        run.log_artifact(out_metrics)
+        log.info("%s: %s", name, ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if v is not None))

@@ -1,0 +1,70 @@
+"""Task definitions: how each task builds its datasets and head, computes its loss, and scores.
+
+A task plugs into the one training loop and the one evaluation job; adding a task means adding
+a class here and its dataset rule, nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from frozenrep.backbones import BackboneAdapter
+from frozenrep.checkpoints import CheckpointEntry
+
+
+def dataclass_from(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Build a config dataclass, naming the params key at fault on an unknown one."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise KeyError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    converted = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+                 for k, v in values.items()}
+    return cls(**converted)
+
+
+@dataclass
+class Task:
+    """What the training and evaluation jobs need to know about one task."""
+
+    name: str
+    table_metrics: tuple[str, ...]                  # metric keys that become table columns <task>_<key>
+    datasets: Callable[[Path], tuple[Dataset, Dataset]]
+    build_head: Callable[[BackboneAdapter, Dataset, dict, CheckpointEntry], nn.Module]
+    loss: Callable[[nn.Module, Any], dict[str, torch.Tensor]]
+    collate: Callable
+    evaluate: Callable[[nn.Module, Dataset, dict, torch.device], tuple[dict[str, float], Any]]
+
+
+def _coco_task() -> Task:
+    from frozenrep.data.coco import CocoDetection, collate
+    from frozenrep.evaluation.coco import evaluate_detection
+    from frozenrep.heads.detection import DetectionHeadConfig, build_mask_rcnn, detection_loss
+
+    def datasets(root: Path) -> tuple[Dataset, Dataset]:
+        return CocoDetection(root, "train", train=True), CocoDetection(root, "val", train=False)
+
+    def build_head(backbone: BackboneAdapter, train_set: Dataset, cfg: dict, entry: CheckpointEntry) -> nn.Module:
+        head = dataclass_from(DetectionHeadConfig, cfg.get("head", {}), "coco.head")
+        return build_mask_rcnn(backbone, train_set.num_classes, head, entry.input_mean, entry.input_std)
+
+    def evaluate(model: nn.Module, val_set: Dataset, cfg: dict, device: torch.device):
+        return evaluate_detection(model, val_set, batch_size=cfg.get("eval", {}).get("batch_size", 2), device=device)
+
+    return Task("coco", ("box_ap", "mask_ap"), datasets, build_head, detection_loss, collate, evaluate)
+
+
+_FACTORIES: dict[str, Callable[[], Task]] = {"coco": _coco_task}
+TASKS: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def get_task(name: str) -> Task:
+    if name not in _FACTORIES:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    return _FACTORIES[name]()

@@ -1,0 +1,136 @@
+"""MLflow tracking: one experiment per study, one run per training/evaluation job.
+
+The default store is a local sqlite file (``tracking.uri`` in params); ``MLFLOW_TRACKING_URI``
+overrides it. Run names follow ``{task}-{backbone}-{mode}-s{seed}``; every run carries the same
+tags (task, backbone, pretraining, mode, seed, git commit, checkpoint and data hashes), so the
+UI's compare view lines up. The tables never read MLflow: it is for looking, not a cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+from frozenrep.progress import log
+
+DEFAULT_URI = "sqlite:///mlruns.db"
+
+
+def resolve_uri(configured: str | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the configured URI; relative sqlite paths made absolute."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        uri = prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def git_commit() -> str:
+    """The current commit (with ``-dirty`` when the work tree has changes), or ``unknown``."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def ensure_experiment(uri: str, name: str, artifact_root: str | Path = "mlartifacts") -> str:
+    """Create the study's experiment (artifacts under ``artifact_root``) if needed; return its id."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = Path(artifact_root).resolve().as_uri() if "://" not in str(artifact_root) else str(artifact_root)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another job created it between our look-up and create
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def run_name(task: str, backbone: str, mode: str, seed: int) -> str:
+    return f"{task}-{backbone}-{mode}-s{seed}"
+
+
+class RunLogger:
+    """Logs into one MLflow run through the client API (no global state)."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+                 if v is not None and math.isfinite(float(v))]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        items = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    """Nested config → ``{"a.b.c": value}`` for MLflow params."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), sub))
+        return out
+    return {prefix: value}
+
+
+@contextlib.contextmanager
+def tracked_run(uri: str, experiment: str, name: str, tags: dict[str, Any], params: dict[str, Any] | None = None,
+                resume_run_id: str | None = None) -> Iterator[RunLogger]:
+    """Open (or reopen) a run; mark it FINISHED on success, FAILED with the error on an exception."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    run_id = None
+    if resume_run_id:
+        try:
+            client.get_run(resume_run_id)
+            run_id = resume_run_id
+            client.update_run(run_id, status="RUNNING")
+        except MlflowException:
+            log.warning("MLflow run %s is not in %s; starting a new run", resume_run_id, uri)
+    if run_id is None:
+        experiment_id = ensure_experiment(uri, experiment)
+        run_id = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()}).info.run_id
+    logger = RunLogger(client, run_id)
+    logger.set_tags(tags)
+    if params:
+        logger.log_params(params)
+    try:
+        yield logger
+    except BaseException as err:
+        client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
+        client.set_terminated(run_id, status="FAILED" if isinstance(err, Exception) else "KILLED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")

@@ -1,0 +1,222 @@
+"""The one training loop every task head uses.
+
+AdamW over the parameters that require gradients (never the frozen backbone), linear warm-up
+then a cosine or step schedule, AMP on GPU, gradient clipping, and a resumable state file
+(model, optimizer, scheduler, scaler, RNG, step) written atomically every ``checkpoint_every``
+steps: a job killed at any point and run again continues where its last state left off.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from frozenrep.backbones import BackboneAdapter, trainable_state_dict
+from frozenrep.io import atomic_path
+from frozenrep.progress import Progress, log
+
+STATE_FILE = "state.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, a config that trains nothing)."""
+
+
+class MetricLogger(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (keys of ``<task>.train`` in params)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.05
+    warmup_steps: int = 0
+    schedule: str = "cosine"                 # cosine | step | constant
+    step_milestones: tuple[float, ...] = (0.67, 0.89)  # fractions of steps where "step" divides lr by 10
+    backbone_lr_mult: float = 1.0            # fine-tune mode: backbone lr = lr * this
+    grad_clip: float = 0.0                   # max gradient norm; 0 disables clipping
+    checkpoint_every: int = 100
+    log_every: int = 10
+    amp: bool = True                         # mixed precision on CUDA (ignored on CPU)
+    num_workers: int = 0
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base learning rate at ``step``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return 0.1 ** sum(step >= m * cfg.steps for m in cfg.step_milestones)
+    if cfg.schedule == "cosine":
+        span = max(cfg.steps - cfg.warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(step - cfg.warmup_steps, span) / span))
+    raise ValueError(f"unknown schedule {cfg.schedule!r}: use cosine, step or constant")
+
+
+class ResumableBatchSampler(Sampler):
+    """Batches for steps ``start..steps-1``; each index comes with its own augmentation seed.
+
+    The sample order of epoch ``e`` depends only on ``(seed, e)``, so batch ``k`` is the same
+    whether the run started at step 0 or resumed at step ``k``.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, start: int, steps: int) -> None:
+        if num_samples == 0:
+            raise TrainingError("the training set is empty")
+        self.n, self.batch_size = num_samples, min(batch_size, num_samples)
+        self.seed, self.start, self.steps = seed, start, steps
+        self.per_epoch = self.n // self.batch_size
+
+    def __len__(self) -> int:
+        return max(self.steps - self.start, 0)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        perm, perm_epoch = None, -1
+        for step in range(self.start, self.steps):
+            epoch, pos = divmod(step, self.per_epoch)
+            if epoch != perm_epoch:
+                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+                perm_epoch = epoch
+            chunk = perm[pos * self.batch_size:(pos + 1) * self.batch_size].tolist()
+            yield [(i, (self.seed * 1_000_003 + step) * 64 + j) for j, i in enumerate(chunk)]
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups over trainable parameters only: no decay on norms and biases, backbone lr multiplier."""
+    backbone_params = {id(p) for m in model.modules() if isinstance(m, BackboneAdapter) for p in m.parameters()}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for _, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = (id(param) in backbone_params, param.ndim <= 1)
+        groups.setdefault(key, []).append(param)
+    if not groups:
+        raise TrainingError("the model has no trainable parameters")
+    return [{"params": params, "lr": cfg.lr * (cfg.backbone_lr_mult if in_backbone else 1.0),
+             "weight_decay": 0.0 if no_decay else cfg.weight_decay}
+            for (in_backbone, no_decay), params in sorted(groups.items())]
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Callable[[nn.Module, Any], dict],
+          cfg: TrainConfig, run_dir: str | Path, *, seed: int, fingerprint: str,
+          logger: MetricLogger | None = None, device: torch.device | None = None,
+          on_state: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train ``model`` for ``cfg.steps`` steps, resuming from ``run_dir/state.pt`` when it matches.
+
+    ``fingerprint`` identifies the job (config + checkpoint); a state file written under another
+    fingerprint is stale and ignored. Returns ``{"step", "losses"}`` of the last step.
+    """
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model.to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start = 0
+    state_path = run_dir / STATE_FILE
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != fingerprint:
+            log.warning("%s was written for another configuration; starting from step 0", state_path)
+        else:
+            missing, unexpected = model.load_state_dict(state["model"], strict=False)
+            expected_missing = set(model.state_dict()) - set(trainable_state_dict(model))
+            if unexpected or set(missing) - expected_missing:
+                raise TrainingError(f"{state_path} does not match the model (missing {sorted(missing)[:5]}, "
+                                    f"unexpected {sorted(unexpected)[:5]}); delete it to start over.")
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["rng"])
+            start = int(state["step"])
+            log.info("resuming %s from step %d/%d", run_dir, start, cfg.steps)
+    if start == 0:
+        torch.manual_seed(seed)
+
+    sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, seed, start, cfg.steps)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers,
+                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))
+
+    def snapshot(step: int) -> dict[str, Any]:
+        return {"step": step, "fingerprint": fingerprint, "model": trainable_state_dict(model),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "config": asdict(cfg)}
+
+    model.train()
+    losses: dict[str, float] = {}
+    step = start
+    with Progress(cfg.steps, f"train {run_dir}", unit="step", initial=start) as progress:
+        for batch in loader:
+            batch = to_device(batch, device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                loss_dict = loss_fn(model, batch)
+                loss = sum(loss_dict.values())
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite loss {loss.item()} at step {step} in {run_dir} "
+                                    f"({ {k: float(v) for k, v in loss_dict.items()} }); lower the learning rate "
+                                    "or enable gradient clipping.")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            losses = {"loss": loss.item(), **{k: v.item() for k, v in loss_dict.items()}}
+            progress.update(1, loss=losses["loss"])
+            if logger is not None and (step % cfg.log_every == 0 or step == cfg.steps):
+                logger.log_metrics({**{f"train/{k}": v for k, v in losses.items()},
+                                    "train/lr": scheduler.get_last_lr()[0]}, step)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                state = snapshot(step)
+                save_state(state_path, state)
+                if on_state is not None:
+                    on_state(state)
+    return {"step": step, "losses": losses}
+
+
+def fingerprint_of(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (the job's config and checkpoint hash)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def set_threads(threads: int | None) -> None:
+    """Use the job's thread budget (Snakemake's ``threads``) for intra-op parallelism."""
+    if threads:
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))

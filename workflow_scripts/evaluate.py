@@ -1,0 +1,21 @@
+"""Evaluate one trained head on the validation split and write its metrics JSON."""
+
+import argparse
+import json
+from pathlib import Path
+
+from frozenrep.jobs import run_evaluation
+from frozenrep.progress import setup_logging
+from frozenrep.training import set_threads
+
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument("--spec", required=True, help="job spec JSON (rules/common.smk: job_spec)")
+parser.add_argument("--checkpoint", required=True, type=Path)
+parser.add_argument("--manifest", required=True, type=Path)
+parser.add_argument("--head", required=True, type=Path)
+parser.add_argument("--out", required=True, type=Path, help="metrics JSON")
+parser.add_argument("--threads", type=int, default=1)
+args = parser.parse_args()
+setup_logging()
+set_threads(args.threads)
+run_evaluation(json.loads(args.spec), args.checkpoint, args.manifest, args.head, args.out)

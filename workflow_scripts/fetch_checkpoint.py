@@ -1,0 +1,22 @@
+"""Fetch one registry checkpoint (download, or copy a file: source), verify its sha256, rename atomically."""
+
+import argparse
+import json
+import sys
+
+from frozenrep.checkpoints import CheckpointEntry, fetch_checkpoint
+from frozenrep.download import DownloadError
+from frozenrep.progress import setup_logging
+
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument("--entry", required=True, help="the registry entry as JSON")
+parser.add_argument("--out", required=True, help="where the verified file goes")
+parser.add_argument("--retries", type=int, default=5)
+args = parser.parse_args()
+setup_logging()
+entry = json.loads(args.entry)
+entry = CheckpointEntry(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()})
+try:
+    fetch_checkpoint(entry, args.out, retries=args.retries)
+except DownloadError as err:
+    sys.exit(f"error: checkpoint {entry.name}: {err}")

@@ -1,0 +1,20 @@
+"""Train one task head (task x backbone x mode x seed); resumes from the run directory's state."""
+
+import argparse
+import json
+from pathlib import Path
+
+from frozenrep.jobs import run_training
+from frozenrep.progress import setup_logging
+from frozenrep.training import set_threads
+
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument("--spec", required=True, help="job spec JSON (rules/common.smk: job_spec)")
+parser.add_argument("--checkpoint", required=True, type=Path)
+parser.add_argument("--manifest", required=True, type=Path)
+parser.add_argument("--out", required=True, type=Path, help="head weights (safetensors)")
+parser.add_argument("--threads", type=int, default=1)
+args = parser.parse_args()
+setup_logging()
+set_threads(args.threads)
+run_training(json.loads(args.spec), args.checkpoint, args.manifest, args.out)
