@@ -48,10 +48,7 @@ class BackboneAdapter(nn.Module):
         return self.mode == "frozen"
 
     def train(self, mode: bool = True) -> "BackboneAdapter":
-        super().train(mode)
-        if self.frozen:
-            self.body.eval()
-        return self
+        return super().train(mode and not self.frozen)
 
     def output_shape(self) -> dict[str, tuple[int, int]]:
         """``{name: (channels, stride)}`` for every level, finest first."""

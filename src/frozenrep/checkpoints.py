@@ -212,7 +212,11 @@ def load_into_model(entry: CheckpointEntry, path: str | Path, **overrides: Any) 
     model = create_model(entry, num_classes=0 if head is None else head.shape[0], **overrides)
     if entry.format in ("official-swin", "official-swinv2", "timm"):
         state = checkpoint_filter(entry.arch)(state, model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # tensors of the wrong shape
+        raise CheckpointError(f"checkpoint {path} does not fit {entry.arch} (registry entry {entry.name}): "
+                              f"{str(err).strip()}\nCheck the entry's arch and arch_kwargs.") from err
     if missing or unexpected:
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:15]) + (f" … ({len(keys)} in all)" if len(keys) > 15 else "") if keys else "none"

@@ -17,7 +17,7 @@ import requests
 from frozenrep.io import file_digest
 from frozenrep.progress import Progress, log
 
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # small enough that a cut connection loses little of what arrived
 
 
 class DownloadError(RuntimeError):

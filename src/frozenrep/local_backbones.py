@@ -30,7 +30,9 @@ def create_local_backbone(entry: dict[str, Any] | CheckpointEntry, out: str | Pa
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     out = Path(out)
     with atomic_path(out) as tmp:
-        save_file(state, str(tmp), metadata={"arch": entry.arch, "pretraining": entry.pretraining, "init": init})
+        # No metadata: safetensors writes its keys in hash order, which would make the bytes (and the
+        # sha256 that the registry checks) differ from run to run.
+        save_file(state, str(tmp))
     digest = file_digest(out)
     write_text_atomic(str(out) + ".sha256", f"{digest}  {out.name}\n")
     log.info("created %s (%s, %d parameters): sha256 %s", out, entry.arch,

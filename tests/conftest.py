@@ -1,0 +1,138 @@
+"""Shared fixtures: a loopback HTTP server with fault injection, tiny data, the tiny backbone."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Route:
+    body: bytes
+    fail_times: int = 0            # answer 500 this many times first
+    cut_after: int | None = None   # on the next `cut_times` requests, close after this many bytes
+    cut_times: int = 0
+    ignore_range: bool = False
+    requests: list[str | None] = field(default_factory=list)  # Range header of each request
+
+
+class LoopbackServer:
+    """A real HTTP server on 127.0.0.1 serving in-memory files, with Range support and faults."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_GET(self):
+                route = server.routes.get(self.path)
+                if route is None:
+                    self.send_error(404)
+                    return
+                rng = self.headers.get("Range")
+                route.requests.append(rng)
+                if route.fail_times > 0:
+                    route.fail_times -= 1
+                    self.send_response(500)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                start = 0
+                if rng and not route.ignore_range:
+                    start = int(rng.split("=")[1].split("-")[0])
+                    if start >= len(route.body):
+                        self.send_response(416)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(route.body) - 1}/{len(route.body)}")
+                else:
+                    self.send_response(200)
+                payload = route.body[start:]
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if route.cut_times > 0 and route.cut_after is not None:
+                    route.cut_times -= 1
+                    self.wfile.write(payload[:route.cut_after])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(payload)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def add(self, path: str, body: bytes, **faults) -> str:
+        self.routes[path] = Route(body, **faults)
+        return self.base + path
+
+
+@pytest.fixture
+def http_server():
+    server = LoopbackServer()
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def registry():
+    from frozenrep.checkpoints import load_registry
+
+    return load_registry(REPO / "params" / "checkpoints.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_entry(registry):
+    return registry["tiny-swin-none"]
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(tmp_path_factory):
+    """A small generated COCO dataset (64-px images), shared by the tests that only read it."""
+    from frozenrep.data import coco
+
+    root = tmp_path_factory.mktemp("data") / "coco"
+    coco.generate(root, num_train=12, num_val=6, image_size=64, num_categories=3, max_objects=3,
+                  min_radius=6, max_radius=14, seed=0)
+    return root
+
+
+TINY_HEAD = dict(fpn_channels=16, anchor_sizes=((8,), (16,), (32,), (64,), (128,)), box_head_fc=32,
+                 mask_head_convs=1, min_size=64, max_size=64, rpn_batch_size_per_image=32,
+                 box_batch_size_per_image=32, rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
+                 rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, detections_per_image=10)
+
+
+@pytest.fixture
+def tiny_detector(tiny_entry):
+    """Factory: a Mask R-CNN on the tiny Swin (random weights) in the given mode."""
+    import torch
+
+    from frozenrep.backbones import build_backbone
+    from frozenrep.heads.detection import DetectionHeadConfig, build_mask_rcnn
+
+    def make(mode: str = "frozen", num_classes: int = 4, seed: int = 0):
+        torch.manual_seed(seed)
+        backbone = build_backbone(tiny_entry, None, mode=mode)
+        return build_mask_rcnn(backbone, num_classes, DetectionHeadConfig(**TINY_HEAD),
+                               tiny_entry.input_mean, tiny_entry.input_std)
+
+    return make

@@ -1,0 +1,78 @@
+"""Archive extraction refuses anything that would land outside the target directory."""
+
+import io
+import stat
+import tarfile
+import zipfile
+
+import pytest
+
+from frozenrep.archives import UnsafeArchiveError, extract
+
+
+def make_zip(path, members):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+
+
+def test_good_zip_extracts(tmp_path):
+    make_zip(tmp_path / "a.zip", [("annotations/x.json", "{}"), ("train2017/1.jpg", "img")])
+    names = extract(tmp_path / "a.zip", tmp_path / "out")
+    assert sorted(names) == ["annotations/x.json", "train2017/1.jpg"]
+    assert (tmp_path / "out/annotations/x.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("bad", ["../evil.txt", "/tmp/evil-abs.txt", "ok/../../evil.txt"])
+def test_zip_with_escaping_member_extracts_nothing(tmp_path, bad):
+    make_zip(tmp_path / "a.zip", [("fine.txt", "x"), (bad, "evil")])
+    with pytest.raises(UnsafeArchiveError, match="refusing to extract anything"):
+        extract(tmp_path / "a.zip", tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_zip_symlink_is_refused(tmp_path):
+    info = zipfile.ZipInfo("link")
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(UnsafeArchiveError, match="symbolic link"):
+        extract(tmp_path / "a.zip", tmp_path / "out")
+
+
+def make_tar(path, members):
+    with tarfile.open(path, "w:gz") as tf:
+        for info, data in members:
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+
+
+def test_tar_link_outside_is_refused(tmp_path):
+    good = tarfile.TarInfo("videos/a.mp4")
+    good.size = 3
+    link = tarfile.TarInfo("videos/escape")
+    link.type, link.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
+    make_tar(tmp_path / "a.tar.gz", [(good, b"abc"), (link, None)])
+    with pytest.raises(UnsafeArchiveError, match="escape"):
+        extract(tmp_path / "a.tar.gz", tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_tar_dotdot_is_refused_and_good_tar_extracts(tmp_path):
+    bad = tarfile.TarInfo("../evil")
+    bad.size = 1
+    make_tar(tmp_path / "bad.tar.gz", [(bad, b"x")])
+    with pytest.raises(UnsafeArchiveError):
+        extract(tmp_path / "bad.tar.gz", tmp_path / "out")
+    good = tarfile.TarInfo("k400/train/a.mp4")
+    good.size = 2
+    make_tar(tmp_path / "good.tar.gz", [(good, b"ok")])
+    extract(tmp_path / "good.tar.gz", tmp_path / "out")
+    assert (tmp_path / "out/k400/train/a.mp4").read_bytes() == b"ok"
+    assert not (tmp_path / "evil").exists()
+
+
+def test_not_an_archive(tmp_path):
+    (tmp_path / "x.zip").write_text("not a zip")
+    with pytest.raises(ValueError, match="not a zip or tar"):
+        extract(tmp_path / "x.zip", tmp_path / "out")

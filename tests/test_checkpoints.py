@@ -1,0 +1,155 @@
+"""Checkpoints: official Swin key format over loopback HTTP, conversion, strict loading, refusals."""
+
+import hashlib
+import io
+import re
+from dataclasses import replace
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from frozenrep.backbones import build_backbone
+from frozenrep.checkpoints import (CheckpointEntry, CheckpointError, fetch_checkpoint, load_into_model,
+                                   load_registry, pin_sha256, read_state_dict)
+from frozenrep.local_backbones import create_local_backbone
+
+ARCH = "swin_base_patch4_window7_224"
+
+
+def official_swin_state(model: torch.nn.Module) -> dict:
+    """A timm Swin's weights in Microsoft's release format: {'model': ...}, their key names, their buffers."""
+    out = {}
+    for key, value in model.state_dict().items():
+        key = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", key)
+        out[key.replace("head.fc.", "head.")] = value
+    for name, module in model.named_modules():
+        if getattr(module, "relative_position_index", None) is not None:
+            out[f"{name}.relative_position_index"] = module.relative_position_index
+        if getattr(module, "attn_mask", None) is not None:
+            out[f"{name}.attn_mask"] = module.attn_mask
+    return {"model": out}
+
+
+@pytest.fixture(scope="module")
+def swin_base_official():
+    torch.manual_seed(0)
+    model = timm.create_model(ARCH, pretrained=False)
+    buffer = io.BytesIO()
+    torch.save(official_swin_state(model), buffer)
+    return model, buffer.getvalue()
+
+
+def test_official_swin_b_download_resume_convert_and_strict_load(swin_base_official, http_server, tmp_path):
+    model, payload = swin_base_official
+    assert "layers.0.downsample.reduction.weight" in torch.load(io.BytesIO(payload), weights_only=True)["model"]
+    url = http_server.add("/swin_base_patch4_window7_224.pth", payload, cut_after=40_000_000, cut_times=1)
+    entry = CheckpointEntry(name="swin-b-in1k", source=url, format="official-swin", arch=ARCH,
+                            pretraining="supervised-in1k", sha256=hashlib.sha256(payload).hexdigest())
+    dest = tmp_path / "swin-b-in1k.pth"
+    fetch_checkpoint(entry, dest, backoff=0.01)
+    assert http_server.routes["/swin_base_patch4_window7_224.pth"].requests[1].startswith("bytes=")
+    assert (tmp_path / "swin-b-in1k.pth.sha256").read_text().split()[0] == entry.sha256
+
+    loaded = load_into_model(entry, dest)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    backbone = build_backbone(entry, dest, mode="frozen")
+    assert backbone.channels == [128, 256, 512, 1024] and backbone.strides == [4, 8, 16, 32]
+    feats = backbone(torch.randn(1, 3, 224, 288))
+    assert [tuple(f.shape) for f in feats.values()] == [(1, 128, 56, 72), (1, 256, 28, 36), (1, 512, 14, 18),
+                                                        (1, 1024, 7, 9)]
+
+
+def test_timm_hub_source_fetched_through_hf_endpoint(http_server, tmp_path, tiny_entry, monkeypatch):
+    src = tmp_path / "tiny.safetensors"
+    create_local_backbone(tiny_entry, src)
+    body = src.read_bytes()
+    http_server.add("/timm/swin_base_patch4_window7_224.ms_in1k/resolve/main/model.safetensors", body)
+    monkeypatch.setenv("HF_ENDPOINT", http_server.base)
+    entry = replace(tiny_entry, source="timm:swin_base_patch4_window7_224.ms_in1k", sha256=None)
+    digest = fetch_checkpoint(entry, tmp_path / "hub.safetensors")
+    assert digest == hashlib.sha256(body).hexdigest()
+
+
+def test_local_backbone_is_deterministic_and_loads(tmp_path, tiny_entry):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert create_local_backbone(tiny_entry, a) == create_local_backbone(tiny_entry, b)
+    params = sum(p.numel() for p in load_into_model(tiny_entry, a).parameters())
+    assert 100_000 < params < 1_000_000  # "a few hundred thousand parameters"
+
+
+def test_architecture_mismatch_lists_missing_and_unexpected_keys(tmp_path, tiny_entry):
+    path = tmp_path / "tiny.safetensors"
+    create_local_backbone(tiny_entry, path)
+    shallower = replace(tiny_entry, arch_kwargs={**tiny_entry.arch_kwargs, "depths": [1, 1, 1, 1]})
+    with pytest.raises(CheckpointError) as info:
+        load_into_model(shallower, path)
+    message = str(info.value)
+    assert "unexpected keys: layers.2.blocks.1." in message and "missing keys: none" in message
+
+
+def test_shape_mismatch_is_a_checkpoint_error(tmp_path, tiny_entry):
+    path = tmp_path / "tiny.safetensors"
+    create_local_backbone(tiny_entry, path)
+    wider = replace(tiny_entry, arch_kwargs={**tiny_entry.arch_kwargs, "embed_dim": 32})
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_into_model(wider, path)
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": _Exploit(str(marker))}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        read_state_dict(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_truncated_checkpoint_is_refused(tmp_path, suffix):
+    path = tmp_path / f"w{suffix}"
+    state = {"a": torch.randn(1000), "b": torch.randn(1000)}
+    torch.save(state, path) if suffix == ".pth" else save_file(state, str(path))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        read_state_dict(path)
+
+
+def test_registry_validation_names_entry_and_key(tmp_path):
+    (tmp_path / "schemas").mkdir()
+    from conftest import REPO
+
+    (tmp_path / "schemas" / "checkpoints.schema.yaml").write_text(
+        (REPO / "params/schemas/checkpoints.schema.yaml").read_text())
+    bad = tmp_path / "checkpoints.yaml"
+    bad.write_text("x:\n  source: ftp://a/b\n  format: pickle\n  arch: swin_tiny_patch4_window7_224\n"
+                   "  pretraining: none\n")
+    with pytest.raises(CheckpointError) as info:
+        load_registry(bad)
+    assert "x.format" in str(info.value) and "x.source" in str(info.value)
+
+
+def test_pin_writes_hash_into_registry_and_keeps_comments(tmp_path):
+    from conftest import REPO
+
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "checkpoints.schema.yaml").write_text(
+        (REPO / "params/schemas/checkpoints.schema.yaml").read_text())
+    registry = tmp_path / "checkpoints.yaml"
+    registry.write_text((REPO / "params/checkpoints.yaml").read_text())
+    digest = "ab" * 32
+    pin_sha256(registry, "swin-b-in22k", digest)
+    text = registry.read_text()
+    assert text.count(digest) == 1 and "# --- Paper backbones" in text
+    entries = load_registry(registry)
+    assert entries["swin-b-in22k"].sha256 == digest and entries["swin-b-in1k"].sha256 is None

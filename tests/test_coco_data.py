@@ -1,0 +1,121 @@
+"""COCO data: the generator writes true COCO, the reader follows its conventions, bad input is named."""
+
+import hashlib
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from frozenrep.data import coco
+from frozenrep.data.coco import CocoDetection, DatasetError
+
+
+def tree_digest(root):
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def gen(root, seed=0):
+    coco.generate(root, num_train=6, num_val=3, image_size=64, num_categories=3, max_objects=3,
+                  min_radius=6, max_radius=14, seed=seed)
+
+
+def test_generation_is_deterministic_by_seed(tmp_path):
+    gen(tmp_path / "a"), gen(tmp_path / "b"), gen(tmp_path / "c", seed=1)
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+    assert tree_digest(tmp_path / "a") != tree_digest(tmp_path / "c")
+    assert not (tmp_path / "a.tmp").exists()
+
+
+def test_generated_data_is_valid_coco(tiny_coco):
+    summary = coco.verify_layout(tiny_coco)
+    assert summary["splits"]["train"]["images"] == 12 and summary["splits"]["val"]["images"] == 6
+    assert summary["categories"] == ["circle", "square", "triangle"]
+    data = json.loads(coco.annotation_file(tiny_coco, "train").read_text())
+    ds = CocoDetection(tiny_coco, "train")
+    for ann in data["annotations"][:10]:
+        mask = ds.coco.annToMask(ann)
+        ys, xs = np.nonzero(mask)
+        x, y, w, h = ann["bbox"]
+        assert mask.sum() > 0.5 * ann["area"]  # the polygon rasterises to about its area
+        assert xs.min() >= int(x) - 1 and xs.max() <= x + w + 1 and ys.min() >= int(y) - 1 and ys.max() <= y + h + 1
+
+
+def test_dataset_targets_and_seeded_flip(tiny_coco):
+    ds = CocoDetection(tiny_coco, "train", train=True, hflip_prob=1.0)
+    plain = CocoDetection(tiny_coco, "train", train=False)
+    image, target = plain[0]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
+    assert target["boxes"].shape == (len(target["labels"]), 4) and target["masks"].shape[1:] == (64, 64)
+    assert set(target["labels"].tolist()) <= {1, 2, 3}
+    flipped_image, flipped = ds[(0, 123)]
+    assert torch.equal(flipped_image, image.flip(-1))
+    assert torch.equal(flipped["masks"], target["masks"].flip(-1))
+    assert torch.allclose(flipped["boxes"][:, 0], 64 - target["boxes"][:, 2])
+    assert torch.equal(ds[(0, 5)][0], ds[(0, 5)][0])  # same seed, same augmentation
+
+
+def test_layout_errors_name_the_file(tmp_path, tiny_coco):
+    with pytest.raises(DatasetError, match="does not exist"):
+        coco.verify_layout(tmp_path / "nowhere")
+    copy = tmp_path / "coco"
+    shutil.copytree(tiny_coco, copy)
+    (copy / "val2017").rename(copy / "val")
+    with pytest.raises(DatasetError, match="val2017 is missing"):
+        coco.verify_layout(copy)
+    (copy / "val").rename(copy / "val2017")
+    coco.annotation_file(copy, "val").write_text("{not json")
+    with pytest.raises(DatasetError, match="instances_val2017.json is not valid JSON"):
+        coco.verify_layout(copy)
+    shutil.copy(coco.annotation_file(tiny_coco, "val"), coco.annotation_file(copy, "val"))
+    first = sorted((copy / "val2017").iterdir())[0]
+    first.unlink()
+    with pytest.raises(DatasetError, match=first.name):
+        coco.verify_layout(copy)
+
+
+def test_unreadable_image_names_the_file(tmp_path, tiny_coco):
+    copy = tmp_path / "coco"
+    shutil.copytree(tiny_coco, copy)
+    ds = CocoDetection(copy, "val")
+    victim = copy / "val2017" / ds.coco.imgs[ds.ids[0]]["file_name"]
+    victim.write_bytes(b"\xff\xd8 truncated jpeg")
+    with pytest.raises(DatasetError, match=f"{victim.name}.*cannot be decoded"):
+        ds[0]
+    victim.unlink()
+    with pytest.raises(DatasetError, match=f"{victim.name}.*does not exist"):
+        ds[0]
+
+
+def test_download_from_loopback_server(tmp_path, tiny_coco, http_server):
+    files = []
+    for name, folders in (("val2017.zip", ["val2017"]), ("train2017.zip", ["train2017"]),
+                          ("annotations_trainval2017.zip", ["annotations"])):
+        archive = tmp_path / name
+        with zipfile.ZipFile(archive, "w") as zf:
+            for folder in folders:
+                for path in sorted((tiny_coco / folder).iterdir()):
+                    zf.write(path, f"{folder}/{path.name}")
+        body = archive.read_bytes()
+        url = http_server.add(f"/zips/{name}", body, cut_after=len(body) // 2, cut_times=1)
+        files.append({"url": url, "md5": hashlib.md5(body).hexdigest()})
+    root = tmp_path / "data" / "coco"
+    coco.download(root, files, tmp_path / "downloads", backoff=0.01)
+    assert coco.verify_layout(root)["splits"]["train"]["images"] == 12
+    assert tree_digest(root / "train2017") == tree_digest(tiny_coco / "train2017")
+    # a second call finds the verified archives and does not download again
+    counts = {p: len(r.requests) for p, r in http_server.routes.items()}
+    coco.download(root, files, tmp_path / "downloads")
+    assert counts == {p: len(r.requests) for p, r in http_server.routes.items()}
+
+
+def test_download_refuses_wrong_md5(tmp_path, http_server):
+    url = http_server.add("/zips/val2017.zip", b"PK not really")
+    with pytest.raises(Exception, match="md5 mismatch"):
+        coco.download(tmp_path / "coco", [{"url": url, "md5": "0" * 32}], tmp_path / "downloads")
+    assert not (tmp_path / "coco").exists()

@@ -1,0 +1,99 @@
+"""Mask R-CNN on the adapter, and COCO AP computed from predictions by pycocotools."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from frozenrep.data.coco import CocoDetection
+from frozenrep.evaluation.coco import coco_ap, evaluate_detection, predictions_to_coco
+from frozenrep.heads.detection import DetectionHeadConfig, build_mask_rcnn
+
+
+def test_training_forward_with_and_without_objects(tiny_detector):
+    model = tiny_detector("frozen").train()
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 4.0, 30.0, 28.0]]), "labels": torch.tensor([2]),
+         "masks": torch.zeros(1, 64, 64, dtype=torch.uint8).index_fill_(1, torch.arange(4, 28), 1)},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+         "masks": torch.zeros(0, 64, 64, dtype=torch.uint8)},  # an image with no objects
+    ]
+    losses = model(images, targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
+def test_inference_returns_masks_at_image_size(tiny_detector):
+    model = tiny_detector("frozen").eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 64), torch.rand(3, 64, 48)])
+    assert out[1]["masks"].shape[1:] == (1, 64, 48)
+    assert out[0]["boxes"].shape[1] == 4 and len(out[0]["scores"]) == len(out[0]["labels"])
+
+
+def test_anchor_levels_must_match_the_backbone(tiny_entry):
+    from frozenrep.backbones import build_backbone
+
+    head = DetectionHeadConfig(fpn_channels=16, anchor_sizes=((8,), (16,)))
+    with pytest.raises(ValueError, match="anchor_sizes has 2 levels, but the FPN on this backbone has 5"):
+        build_mask_rcnn(build_backbone(tiny_entry, None), 4, head, tiny_entry.input_mean, tiny_entry.input_std)
+
+
+def ground_truth_outputs(ds, shift=0.0):
+    """Model-style outputs that reproduce the ground truth (boxes shifted by `shift` x their width)."""
+    outputs = []
+    for index in range(len(ds)):
+        _, target = ds[index]
+        boxes = target["boxes"].clone()
+        widths = boxes[:, 2] - boxes[:, 0]
+        boxes[:, [0, 2]] += shift * widths[:, None]
+        masks = target["masks"].float()[:, None]
+        if shift:
+            masks = torch.roll(masks, shifts=int(shift * widths.mean().item()) if len(widths) else 0, dims=-1)
+        outputs.append({"boxes": boxes, "labels": target["labels"], "scores": torch.ones(len(boxes)),
+                        "masks": masks})
+    return outputs
+
+
+@pytest.fixture
+def remapped_coco(tmp_path, tiny_coco):
+    """The tiny dataset with non-contiguous category ids (as real COCO has: 1..90 with gaps)."""
+    root = tmp_path / "coco"
+    shutil.copytree(tiny_coco, root)
+    remap = {1: 5, 2: 17, 3: 90}
+    for split in ("train", "val"):
+        path = root / "annotations" / f"instances_{split}2017.json"
+        data = json.loads(path.read_text())
+        for cat in data["categories"]:
+            cat["id"] = remap[cat["id"]]
+        for ann in data["annotations"]:
+            ann["category_id"] = remap[ann["category_id"]]
+        path.write_text(json.dumps(data))
+    return root
+
+
+def test_coco_ap_of_perfect_shifted_and_empty_predictions(remapped_coco):
+    ds = CocoDetection(remapped_coco, "val")
+    assert ds.cat_ids == [5, 17, 90] and ds.num_classes == 4
+    perfect = predictions_to_coco(ground_truth_outputs(ds), ds.ids, ds)
+    assert {r["category_id"] for r in perfect} <= {5, 17, 90}
+    metrics = coco_ap(ds, perfect)
+    assert metrics["box_ap"] == pytest.approx(100.0) and metrics["mask_ap"] == pytest.approx(100.0, abs=0.5)
+    shifted = coco_ap(ds, predictions_to_coco(ground_truth_outputs(ds, shift=0.3), ds.ids, ds))
+    assert 0.0 < shifted["box_ap"] < 90.0 and shifted["box_ap50"] > shifted["box_ap75"]
+    assert shifted["mask_ap"] < metrics["mask_ap"]
+    wrong_class = [dict(r, category_id=5 if r["category_id"] != 5 else 17) for r in perfect]
+    assert coco_ap(ds, wrong_class)["box_ap"] < 50.0
+    empty = coco_ap(ds, [])
+    assert empty["box_ap"] == 0.0 and empty["mask_ap"] == 0.0
+
+
+def test_evaluate_detection_runs_the_model(tiny_detector, tiny_coco):
+    ds = CocoDetection(tiny_coco, "val")
+    metrics, results = evaluate_detection(tiny_detector("frozen"), ds, batch_size=3)
+    assert {"box_ap", "box_ap50", "box_ap75", "mask_ap", "mask_ap50", "mask_ap75"} <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 100.0 for k in ("box_ap", "mask_ap"))
+    assert all({"image_id", "category_id", "bbox", "score", "segmentation"} <= set(r) for r in results)

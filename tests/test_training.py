@@ -1,0 +1,74 @@
+"""The training loop: exact resume after a kill, stale state, schedules."""
+
+import math
+
+import pytest
+import torch
+
+from frozenrep.backbones import trainable_state_dict
+from frozenrep.data.coco import CocoDetection, collate
+from frozenrep.heads.detection import detection_loss
+from frozenrep.training import ResumableBatchSampler, TrainConfig, TrainingError, lr_factor, train
+
+CFG = dict(steps=6, batch_size=2, lr=5e-3, warmup_steps=2, checkpoint_every=2, grad_clip=5.0)
+
+
+class Killed(Exception):
+    pass
+
+
+def run(tiny_detector, tiny_coco, run_dir, kill_at=None, fingerprint="f"):
+    model = tiny_detector("frozen")
+    dataset = CocoDetection(tiny_coco, "train", train=True)
+
+    def on_state(state):
+        if kill_at is not None and state["step"] == kill_at:
+            raise Killed
+
+    train(model, dataset, collate, detection_loss, TrainConfig(**CFG), run_dir, seed=3,
+          fingerprint=fingerprint, on_state=on_state)
+    return trainable_state_dict(model)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tiny_detector, tiny_coco, tmp_path):
+    reference = run(tiny_detector, tiny_coco, tmp_path / "a")
+    with pytest.raises(Killed):
+        run(tiny_detector, tiny_coco, tmp_path / "b", kill_at=4)
+    assert torch.load(tmp_path / "b" / "state.pt", weights_only=True)["step"] == 4
+    resumed = run(tiny_detector, tiny_coco, tmp_path / "b")
+    assert reference.keys() == resumed.keys()
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_state_of_another_configuration_is_ignored(tiny_detector, tiny_coco, tmp_path, caplog):
+    with pytest.raises(Killed):
+        run(tiny_detector, tiny_coco, tmp_path / "r", kill_at=2, fingerprint="old")
+    fresh = run(tiny_detector, tiny_coco, tmp_path / "fresh", fingerprint="new")
+    restarted = run(tiny_detector, tiny_coco, tmp_path / "r", fingerprint="new")
+    assert "written for another configuration" in caplog.text
+    assert all(torch.equal(fresh[k], restarted[k]) for k in fresh)
+
+
+def test_batch_order_depends_only_on_seed_and_step():
+    full = list(ResumableBatchSampler(10, 3, seed=1, start=0, steps=8))
+    tail = list(ResumableBatchSampler(10, 3, seed=1, start=5, steps=8))
+    assert full[5:] == tail
+    epoch0 = [i for batch in full[:3] for i, _ in batch]
+    assert len(set(epoch0)) == 9  # no repeats within an epoch
+    assert full != list(ResumableBatchSampler(10, 3, seed=2, start=0, steps=8))
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(steps=100, batch_size=1, lr=1.0, warmup_steps=10)
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0) and lr_factor(100, cfg) == pytest.approx(0.0, abs=1e-9)
+    assert lr_factor(55, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    step = TrainConfig(steps=100, batch_size=1, lr=1.0, schedule="step", step_milestones=(0.5, 0.9))
+    assert [lr_factor(s, step) for s in (0, 49, 50, 89, 90)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+
+
+def test_nothing_to_train_is_an_error(tiny_coco, tmp_path):
+    model = torch.nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(TrainingError, match="no trainable parameters"):
+        train(model, CocoDetection(tiny_coco, "train"), collate, detection_loss,
+              TrainConfig(steps=1, batch_size=1, lr=1.0), tmp_path, seed=0, fingerprint="x")
