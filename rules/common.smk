@@ -96,6 +96,11 @@ def task_resource(key):
     return get
 
 
+def eval_gpus(wildcards):
+    """Evaluation runs in one process: at most one GPU."""
+    return min(config[wildcards.task]["resources"]["gpus"], 1)
+
+
 def task_threads(wildcards):
     return config[wildcards.task]["resources"]["threads"]
 

@@ -38,7 +38,7 @@ rule evaluate_head:
         "logs/benchmark/evaluate/{task}/{backbone}/{mode}/seed{seed}.tsv"
     threads: task_threads
     resources:
-        gpu=task_resource("gpus"),
+        gpu=eval_gpus,
         mem_mb=task_resource("mem_mb"),
         runtime=task_resource("runtime"),
     conda:

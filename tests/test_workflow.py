@@ -81,4 +81,4 @@ def test_every_job_is_an_mlflow_run(ci_run):
         assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 3  # log_every 2 of 6 steps
         assert run.data.params["train.steps"] == "6" and int(run.data.params["trainable_params"]) > 0
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
-        assert "seed0.json" in artifacts
+        assert {"seed0.json", "config.json"} <= set(artifacts)

@@ -81,6 +81,7 @@ def run_training(spec: dict[str, Any], checkpoint: Path, manifest: Path, out_hea
     with tracked_run(resolve_uri(tracking.get("uri")), spec["study"], name,
                      job_tags(spec, checkpoint, manifest, "train"), params, resume_run_id=resume_id) as run:
         state_file.write_text(f"{fingerprint} {run.run_id}\n")
+        run.log_dict({k: v for k, v in spec.items() if k != "tracking"}, "config.json")  # the resolved job config
         start = time.monotonic()
         result = train(model, train_set, task.collate, task.loss, cfg, run_dir, seed=spec["seed"],
                        fingerprint=fingerprint, logger=run, device=device)

@@ -90,6 +90,9 @@ class RunLogger:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
+    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 

@@ -1,0 +1,213 @@
+"""COCO 2017 instances: generation in the true format, download, layout checks and the Dataset.
+
+On disk (both generated and real)::
+
+    <root>/annotations/instances_train2017.json   <root>/train2017/*.jpg
+    <root>/annotations/instances_val2017.json     <root>/val2017/*.jpg
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
+
+from frozenrep.archives import extract
+from frozenrep.data.shapes import SHAPES, draw_scene
+from frozenrep.download import fetch
+from frozenrep.io import file_digest, write_json_atomic
+from frozenrep.progress import Progress, log
+
+SPLITS = ("train", "val")
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing, malformed or not what the config says; the message names the file."""
+
+
+def annotation_file(root: str | Path, split: str) -> Path:
+    return Path(root) / "annotations" / f"instances_{split}2017.json"
+
+
+def image_dir(root: str | Path, split: str) -> Path:
+    return Path(root) / f"{split}2017"
+
+
+def generate(root: str | Path, *, num_train: int, num_val: int, image_size: int, num_categories: int,
+             max_objects: int, min_radius: float, max_radius: float, seed: int) -> None:
+    """Write a COCO-format dataset of shape scenes to ``root`` (deterministic by ``seed``).
+
+    The dataset is built in a temporary directory beside ``root`` and renamed into place whole.
+    """
+    root = Path(root)
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    categories = [{"id": i + 1, "name": SHAPES[i], "supercategory": "shape"} for i in range(num_categories)]
+    for split_index, (split, count) in enumerate((("train", num_train), ("val", num_val))):
+        rng = np.random.default_rng([seed, split_index])
+        images, annotations = [], []
+        image_dir(tmp, split).mkdir(parents=True)
+        with Progress(count, f"generate coco {split}", unit="img") as progress:
+            for k in range(count):
+                image_id = k + 1
+                n = int(rng.integers(1, max_objects + 1))
+                image, shapes = draw_scene(rng, image_size, n, num_categories, min_radius, max_radius)
+                file_name = f"{image_id:012d}.jpg"
+                image.save(image_dir(tmp, split) / file_name, quality=95)
+                images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size})
+                for shape in shapes:
+                    annotations.append({
+                        "id": len(annotations) + 1, "image_id": image_id, "category_id": shape.category + 1,
+                        "segmentation": [shape.polygon], "bbox": list(shape.bbox),
+                        "area": float(_polygon_area(shape.polygon)), "iscrowd": 0,
+                    })
+                progress.update()
+        write_json_atomic(annotation_file(tmp, split), {
+            "info": {"description": f"frozenrep generated shapes ({split}), seed {seed}", "version": "1.0"},
+            "licenses": [], "images": images, "annotations": annotations, "categories": categories,
+        })
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+
+
+def _polygon_area(flat: list[float]) -> float:
+    xs, ys = np.array(flat[0::2]), np.array(flat[1::2])
+    return 0.5 * abs(float(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))))
+
+
+def verify_layout(root: str | Path, check_images: int = 5) -> dict[str, Any]:
+    """Check that ``root`` holds COCO 2017 instances; return a summary or raise DatasetError."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"COCO root {root} does not exist. Set datasets.coco.root to a COCO 2017 copy "
+                           "or use source: download / generate.")
+    summary: dict[str, Any] = {"root": str(root), "splits": {}}
+    for split in SPLITS:
+        ann, imgs = annotation_file(root, split), image_dir(root, split)
+        if not ann.is_file():
+            raise DatasetError(f"{root} is not a COCO 2017 copy: {ann} is missing "
+                               "(expected annotations/instances_{train,val}2017.json and train2017/, val2017/).")
+        if not imgs.is_dir():
+            raise DatasetError(f"{root} is not a COCO 2017 copy: image folder {imgs} is missing.")
+        try:
+            data = json.loads(ann.read_text())
+        except json.JSONDecodeError as err:
+            raise DatasetError(f"{ann} is not valid JSON ({err}); fetch or generate it again.") from err
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(data.get(key), list):
+                raise DatasetError(f"{ann} is not a COCO instances file: key {key!r} is missing or not a list.")
+        for image in data["images"][:check_images]:
+            if not (imgs / image["file_name"]).is_file():
+                raise DatasetError(f"{ann} names image {image['file_name']} (id {image['id']}), "
+                                   f"but {imgs / image['file_name']} does not exist.")
+        summary["splits"][split] = {"images": len(data["images"]), "annotations": len(data["annotations"]),
+                                    "annotation_file": str(ann), "sha256": file_digest(ann)}
+        summary["categories"] = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
+    return summary
+
+
+def download(root: str | Path, files: list[dict[str, str]], downloads: str | Path, **fetch_kwargs: Any) -> None:
+    """Fetch the official archives (md5-checked, resumable) and extract them safely into ``root``."""
+    root, downloads = Path(root), Path(downloads)
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for item in files:
+        archive = downloads / Path(item["url"]).name
+        if archive.exists() and item.get("md5") and file_digest(archive, "md5") == item["md5"]:
+            log.info("%s already downloaded and verified", archive)
+        else:
+            fetch(item["url"], archive, md5=item.get("md5"), **fetch_kwargs)
+        extract(archive, tmp)
+    verify_layout(tmp)
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+
+
+def write_manifest(path: str | Path, summary: dict[str, Any], source: str) -> None:
+    """The dataset rule's output: what was verified, with the annotation hashes (MLflow's data tag)."""
+    write_json_atomic(path, {"dataset": "coco", "source": source, **summary})
+
+
+class CocoDetection(Dataset):
+    """COCO instances for torchvision's Mask R-CNN: ``(image, target)`` with boxes, labels, masks.
+
+    ``labels`` are contiguous (1..K in the order of sorted category ids; 0 is background).
+    Crowd annotations and degenerate boxes are left out of the targets. Index with ``i`` or with
+    ``(i, seed)``; with ``train=True`` the seed decides the horizontal flip, so that a run is
+    reproducible whatever the worker layout.
+    """
+
+    def __init__(self, root: str | Path, split: str, train: bool = False, hflip_prob: float = 0.5) -> None:
+        from pycocotools.coco import COCO
+
+        self.root, self.split, self.train, self.hflip_prob = Path(root), split, train, hflip_prob
+        ann = annotation_file(root, split)
+        if not ann.is_file():
+            raise DatasetError(f"{ann} does not exist; run the dataset rule (snakemake data/coco.manifest.json).")
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.coco = COCO(str(ann))
+        self.ids = sorted(self.coco.imgs)
+        self.cat_ids = sorted(self.coco.getCatIds())
+        self.label_of = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
+        self.category_of = {i + 1: cid for i, cid in enumerate(self.cat_ids)}
+
+    @property
+    def num_classes(self) -> int:
+        """Number of object classes plus one for the background."""
+        return len(self.cat_ids) + 1
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_image(self, image_id: int) -> torch.Tensor:
+        info = self.coco.imgs[image_id]
+        path = image_dir(self.root, self.split) / info["file_name"]
+        try:
+            with Image.open(path) as img:
+                image = img.convert("RGB")
+        except FileNotFoundError as err:
+            raise DatasetError(f"image {path} (id {image_id}, listed in {annotation_file(self.root, self.split)}) "
+                               "does not exist; the dataset copy is incomplete.") from err
+        except (UnidentifiedImageError, OSError) as err:
+            raise DatasetError(f"image {path} (id {image_id}) cannot be decoded ({err}); "
+                               "replace the file or re-create the dataset.") from err
+        return TF.to_dtype(TF.to_image(image), torch.float32, scale=True)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, Any]]:
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        image_id = self.ids[index]
+        image = self.load_image(image_id)
+        height, width = image.shape[-2:]
+        anns = [a for a in self.coco.imgToAnns.get(image_id, [])
+                if not a.get("iscrowd", 0) and a["bbox"][2] > 1 and a["bbox"][3] > 1]
+        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                              for a in anns], dtype=torch.float32).reshape(-1, 4)
+        masks = (torch.from_numpy(np.stack([self.coco.annToMask(a) for a in anns])) if anns
+                 else torch.zeros((0, height, width), dtype=torch.uint8))
+        boxes = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width))
+        masks = tv_tensors.Mask(masks)
+        if self.train and torch.rand((), generator=torch.Generator().manual_seed(seed)).item() < self.hflip_prob:
+            image, boxes, masks = TF.horizontal_flip(image), TF.horizontal_flip(boxes), TF.horizontal_flip(masks)
+        target = {
+            "boxes": boxes.as_subclass(torch.Tensor),
+            "labels": torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64),
+            "masks": masks.as_subclass(torch.Tensor),
+            "image_id": image_id,
+        }
+        return image, target
+
+
+def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """Keep images and targets as lists: Mask R-CNN batches images of different sizes itself."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
