@@ -21,6 +21,7 @@ wildcard_constraints:
     name=r"[A-Za-z0-9._-]+",
     backbone=r"[A-Za-z0-9._-]+",
     task="|".join(DATASET_OF_TASK),
+    dataset="|".join(sorted(set(DATASET_OF_TASK.values()))),
     mode="frozen|finetune",
     seed=r"\d+",
     ext="pth|safetensors",

@@ -58,8 +58,9 @@ def dataset_manifest(task):
     return f"data/{DATASET_OF_TASK[task]}.manifest.json"
 
 
-def dataset_config_json(dataset):
-    return json.dumps(config["datasets"][dataset], sort_keys=True)
+def dataset_config_json(wildcards):
+    """One dataset's settings as JSON: a change to them reruns only that dataset's jobs."""
+    return json.dumps(config["datasets"][wildcards.dataset], sort_keys=True)
 
 
 def head_inputs(wildcards):

@@ -2,13 +2,13 @@
 # manifest of what was verified, which every training and evaluation job depends on.
 
 
-rule prepare_coco:
+rule prepare_dataset:
     output:
-        manifest="data/coco.manifest.json",
+        manifest="data/{dataset}.manifest.json",
     params:
-        dataset=dataset_config_json("coco"),
+        settings=dataset_config_json,
     log:
-        "logs/data/coco.log",
+        "logs/data/{dataset}.log",
     threads: 1
     resources:
         mem_mb=4000,
@@ -16,4 +16,5 @@ rule prepare_coco:
     conda:
         "../envs/frozenrep.yaml"
     shell:
-        "python workflow_scripts/prepare_coco.py --config {params.dataset:q} --manifest {output.manifest:q} 2> {log:q}"
+        "python workflow_scripts/prepare_dataset.py --dataset {wildcards.dataset} --config {params.settings:q}"
+        " --manifest {output.manifest:q} 2> {log:q}"

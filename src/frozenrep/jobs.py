@@ -64,7 +64,7 @@ def run_training(spec: dict[str, Any], checkpoint: Path, manifest: Path, out_hea
     task = get_task(spec["task"])
     device = pick_device(spec.get("device", "auto"))
     root = Path(json.loads(Path(manifest).read_text())["root"])
-    train_set, _ = task.datasets(root)
+    train_set, _ = task.datasets(root, spec["task_config"])
     model = build_model(spec, checkpoint, train_set)
     cfg = dataclass_from(TrainConfig, spec["task_config"]["train"], f"{spec['task']}.train")
     run_dir = out_head.parent
@@ -101,7 +101,7 @@ def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head:
     task = get_task(spec["task"])
     device = pick_device(spec.get("device", "auto"))
     root = Path(json.loads(Path(manifest).read_text())["root"])
-    train_set, val_set = task.datasets(root)
+    train_set, val_set = task.datasets(root, spec["task_config"])
     model = build_model(spec, checkpoint, train_set)
     with safe_open(str(head), "pt") as handle:
         meta = handle.metadata() or {}
@@ -120,12 +120,19 @@ def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head:
         start = time.monotonic()
         metrics, _ = task.evaluate(model, val_set, spec["task_config"], device)
         seconds = time.monotonic() - start
-        run.log_metrics({f"{spec['task']}/{k}": v for k, v in metrics.items()}, int(meta.get("steps", 0)))
+        scalars = {f"{spec['task']}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        skipped = [{"split": split, "file": f, "reason": r} for split, ds in (("train", train_set), ("val", val_set))
+                   for f, r in getattr(ds, "skipped", [])]
+        scalars[f"{spec['task']}/skipped_samples"] = len(skipped)
+        run.log_metrics(scalars, int(meta.get("steps", 0)))
         record = {"task": spec["task"], "backbone": spec["backbone"], "pretraining": spec["entry"]["pretraining"],
                   "mode": spec["mode"], "seed": spec["seed"], "metrics": metrics,
                   "table_metrics": list(task.table_metrics), "num_images": len(val_set),
+                  "skipped_samples": skipped,
                   "eval_seconds": round(seconds, 2), "checkpoint_sha256": checkpoint_sha256(checkpoint),
                   "data_sha256": file_digest(manifest), "mlflow_run_id": run.run_id}
         write_json_atomic(out_metrics, record)
         run.log_artifact(out_metrics)
-        log.info("%s: %s", name, ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if v is not None))
+        log.info("%s: %s", name, ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, (int, float))))
+        if skipped:
+            log.warning("%s: %d bad sample(s) skipped (listed in %s)", name, len(skipped), out_metrics)

@@ -35,7 +35,7 @@ class Task:
 
     name: str
     table_metrics: tuple[str, ...]                  # metric keys that become table columns <task>_<key>
-    datasets: Callable[[Path], tuple[Dataset, Dataset]]
+    datasets: Callable[[Path, dict], tuple[Dataset, Dataset]]
     build_head: Callable[[BackboneAdapter, Dataset, dict, CheckpointEntry], nn.Module]
     loss: Callable[[nn.Module, Any], dict[str, torch.Tensor]]
     collate: Callable
@@ -47,7 +47,7 @@ def _coco_task() -> Task:
     from frozenrep.evaluation.coco import evaluate_detection
     from frozenrep.heads.detection import DetectionHeadConfig, build_mask_rcnn, detection_loss
 
-    def datasets(root: Path) -> tuple[Dataset, Dataset]:
+    def datasets(root: Path, cfg: dict) -> tuple[Dataset, Dataset]:
         return CocoDetection(root, "train", train=True), CocoDetection(root, "val", train=False)
 
     def build_head(backbone: BackboneAdapter, train_set: Dataset, cfg: dict, entry: CheckpointEntry) -> nn.Module:
@@ -60,7 +60,33 @@ def _coco_task() -> Task:
     return Task("coco", ("box_ap", "mask_ap"), datasets, build_head, detection_loss, collate, evaluate)
 
 
-_FACTORIES: dict[str, Callable[[], Task]] = {"coco": _coco_task}
+def _ade20k_task() -> Task:
+    from frozenrep.data.ade20k import ADE20KSegmentation, collate
+    from frozenrep.evaluation.segmentation import evaluate_segmentation
+    from frozenrep.heads.segmentation import Mask2FormerSegmenter, SegmentationHeadConfig, segmentation_loss
+
+    def datasets(root: Path, cfg: dict) -> tuple[Dataset, Dataset]:
+        data = cfg.get("data", {})
+        options = dict(crop_size=data.get("crop_size", 512), scale=tuple(data.get("scale", (512, 2048))),
+                       ratio_range=tuple(data.get("ratio_range", (0.5, 2.0))),
+                       on_bad_sample=data.get("on_bad_sample", "error"))
+        return (ADE20KSegmentation(root, "train", train=True, **options),
+                ADE20KSegmentation(root, "val", train=False, **options))
+
+    def build_head(backbone: BackboneAdapter, train_set: Dataset, cfg: dict, entry: CheckpointEntry) -> nn.Module:
+        head = dataclass_from(SegmentationHeadConfig, cfg.get("head", {}), "ade20k.head")
+        return Mask2FormerSegmenter(backbone, train_set.num_classes, head, entry.input_mean, entry.input_std)
+
+    def evaluate(model: nn.Module, val_set: Dataset, cfg: dict, device: torch.device):
+        ev, data = cfg.get("eval", {}), cfg.get("data", {})
+        return evaluate_segmentation(model, val_set, short_side=ev.get("short_side", 512),
+                                     crop_size=data.get("crop_size", 512), mode=ev.get("mode", "whole"),
+                                     stride=ev.get("stride"), device=device)
+
+    return Task("ade20k", ("miou",), datasets, build_head, segmentation_loss, collate, evaluate)
+
+
+_FACTORIES: dict[str, Callable[[], Task]] = {"coco": _coco_task, "ade20k": _ade20k_task}
 TASKS: tuple[str, ...] = tuple(_FACTORIES)
 
 

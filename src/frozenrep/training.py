@@ -42,7 +42,7 @@ class TrainConfig:
     lr: float
     weight_decay: float = 0.05
     warmup_steps: int = 0
-    schedule: str = "cosine"                 # cosine | step | constant
+    schedule: str = "cosine"                 # cosine | poly | step | constant
     step_milestones: tuple[float, ...] = (0.67, 0.89)  # fractions of steps where "step" divides lr by 10
     backbone_lr_mult: float = 1.0            # fine-tune mode: backbone lr = lr * this
     grad_clip: float = 0.0                   # max gradient norm; 0 disables clipping
@@ -60,10 +60,13 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         return 1.0
     if cfg.schedule == "step":
         return 0.1 ** sum(step >= m * cfg.steps for m in cfg.step_milestones)
+    if cfg.schedule == "poly":  # Mask2Former / DeepLab: (1 - progress) ** 0.9
+        span = max(cfg.steps - cfg.warmup_steps, 1)
+        return (1 - min(step - cfg.warmup_steps, span) / span) ** 0.9
     if cfg.schedule == "cosine":
         span = max(cfg.steps - cfg.warmup_steps, 1)
         return 0.5 * (1 + math.cos(math.pi * min(step - cfg.warmup_steps, span) / span))
-    raise ValueError(f"unknown schedule {cfg.schedule!r}: use cosine, step or constant")
+    raise ValueError(f"unknown schedule {cfg.schedule!r}: use cosine, poly, step or constant")
 
 
 class ResumableBatchSampler(Sampler):

@@ -22,11 +22,10 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from frozenrep.archives import extract
+from frozenrep.data import download_and_extract
 from frozenrep.data.shapes import SHAPES, draw_scene
-from frozenrep.download import fetch
 from frozenrep.io import file_digest, write_json_atomic
-from frozenrep.progress import Progress, log
+from frozenrep.progress import Progress
 
 SPLITS = ("train", "val")
 
@@ -118,24 +117,7 @@ def verify_layout(root: str | Path, check_images: int = 5) -> dict[str, Any]:
 
 def download(root: str | Path, files: list[dict[str, str]], downloads: str | Path, **fetch_kwargs: Any) -> None:
     """Fetch the official archives (md5-checked, resumable) and extract them safely into ``root``."""
-    root, downloads = Path(root), Path(downloads)
-    tmp = root.with_name(root.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for item in files:
-        archive = downloads / Path(item["url"]).name
-        if archive.exists() and item.get("md5") and file_digest(archive, "md5") == item["md5"]:
-            log.info("%s already downloaded and verified", archive)
-        else:
-            fetch(item["url"], archive, md5=item.get("md5"), **fetch_kwargs)
-        extract(archive, tmp)
-    verify_layout(tmp)
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
-
-
-def write_manifest(path: str | Path, summary: dict[str, Any], source: str) -> None:
-    """The dataset rule's output: what was verified, with the annotation hashes (MLflow's data tag)."""
-    write_json_atomic(path, {"dataset": "coco", "source": source, **summary})
+    download_and_extract(root, files, downloads, verify_layout, **fetch_kwargs)
 
 
 class CocoDetection(Dataset):

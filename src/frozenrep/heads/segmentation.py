@@ -1,0 +1,164 @@
+"""Semantic segmentation: Hugging Face Mask2Former with the shared backbone adapter as its encoder.
+
+transformers' ``Mask2FormerForUniversalSegmentation`` is built from a config; its pixel-level
+encoder is replaced by :class:`AdapterEncoder` (the only contract: return an object with
+``feature_maps`` and expose ``channels``) and its pixel decoder is rebuilt for those channels.
+Nothing is loaded from a hub.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from frozenrep.backbones import BackboneAdapter
+
+IGNORE_INDEX = 255
+
+
+@dataclass
+class SegmentationHeadConfig:
+    """Mask2Former settings (keys of ``ade20k.head`` in params)."""
+
+    pixel_decoder_layers: int = 1     # [Lin22] one-block pixel decoder (Mask2Former's own default is 6)
+    transformer_decoder_layers: int = 4  # [Lin22] four-block transformer decoder (Mask2Former: 9)
+    num_queries: int = 100
+    hidden_dim: int = 256
+    feature_levels: int = 3           # multi-scale levels the transformer decoder attends to
+    num_heads: int = 8
+    feedforward_dim: int = 1024
+    train_num_points: int = 12544     # points sampled per mask for the mask losses
+    no_object_weight: float = 0.1
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+
+
+class AdapterEncoder(nn.Module):
+    """The backbone adapter in the shape Mask2Former's pixel-level module expects."""
+
+    def __init__(self, adapter: BackboneAdapter) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.channels = list(adapter.channels)
+
+    def forward(self, pixel_values: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(feature_maps=tuple(self.adapter(pixel_values).values()))
+
+
+class Mask2FormerSegmenter(nn.Module):
+    """Normalises images, runs Mask2Former, and turns its queries into per-pixel class scores."""
+
+    def __init__(self, backbone: BackboneAdapter, num_classes: int, head: SegmentationHeadConfig,
+                 image_mean: Sequence[float], image_std: Sequence[float]) -> None:
+        super().__init__()
+        from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+        from transformers.models.mask2former.modeling_mask2former import Mask2FormerPixelDecoder
+
+        if head.feature_levels > len(backbone.channels) - 1:
+            raise ValueError(f"ade20k.head.feature_levels is {head.feature_levels}, but the backbone has only "
+                             f"{len(backbone.channels)} stages (one is kept for the mask features).")
+        # A one-stage placeholder backbone keeps construction cheap; it is replaced right below.
+        placeholder = SwinConfig(embed_dim=8, depths=[1], num_heads=[1], out_features=["stage1"])
+        self.config = Mask2FormerConfig(
+            backbone_config=placeholder, num_labels=num_classes, num_queries=head.num_queries,
+            hidden_dim=head.hidden_dim, feature_size=head.hidden_dim, mask_feature_size=head.hidden_dim,
+            # transformers counts the prediction from the learnable queries as a layer (Mask2Former's
+            # DEC_LAYERS: 10 means 9 blocks), hence the + 1 for the number of real decoder blocks.
+            encoder_layers=head.pixel_decoder_layers, decoder_layers=head.transformer_decoder_layers + 1,
+            num_attention_heads=head.num_heads, encoder_feedforward_dim=head.feedforward_dim,
+            dim_feedforward=head.feedforward_dim, common_stride=backbone.strides[0],
+            feature_strides=list(backbone.strides), train_num_points=head.train_num_points,
+            no_object_weight=head.no_object_weight, class_weight=head.class_weight,
+            mask_weight=head.mask_weight, dice_weight=head.dice_weight, num_feature_levels=head.feature_levels,
+            use_auxiliary_loss=True, ignore_value=IGNORE_INDEX,
+        )
+        self.model = Mask2FormerForUniversalSegmentation(self.config)
+        pixel_level = self.model.model.pixel_level_module
+        pixel_level.encoder = AdapterEncoder(backbone)
+        pixel_level.decoder = Mask2FormerPixelDecoder(self.config, feature_channels=backbone.channels)
+        # transformers initialises weights in post_init(), which already ran; initialise the new decoder the
+        # same way (its level_embed is allocated uninitialised), without touching the loaded backbone.
+        pixel_level.decoder.apply(self.model._init_weights)
+        self.num_classes = num_classes
+        self.register_buffer("mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def backbone(self) -> BackboneAdapter:
+        """The shared adapter (registered once, inside the encoder, so its weights are saved once)."""
+        return self.model.model.pixel_level_module.encoder.adapter
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Mask2Former's Hungarian-matched losses for label maps (classes 0..K-1, 255 ignored)."""
+        mask_labels, class_labels = [], []
+        for label in labels:
+            classes = [c for c in torch.unique(label).tolist() if c != IGNORE_INDEX]
+            class_labels.append(torch.tensor(classes, dtype=torch.long, device=label.device))
+            mask_labels.append(torch.stack([(label == c) for c in classes]).float() if classes
+                               else label.new_zeros((0, *label.shape), dtype=torch.float))
+        out = self.model(pixel_values=self.normalise(images), mask_labels=mask_labels, class_labels=class_labels)
+        return {"loss_mask2former": out.loss}
+
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-pixel class scores (B, K, H, W) at the input size: Mask2Former's semantic inference.
+
+        The normalised input is zero-padded (right, bottom) to a multiple of the backbone's coarsest
+        stride, and the scores are cropped back.
+        """
+        height, width = images.shape[-2:]
+        divisor = self.backbone.strides[-1]
+        pad_h, pad_w = -height % divisor, -width % divisor
+        out = self.model(pixel_values=F.pad(self.normalise(images), (0, pad_w, 0, pad_h)))
+        classes = out.class_queries_logits.softmax(-1)[..., :-1]          # drop "no object"
+        masks = out.masks_queries_logits.sigmoid()
+        masks = F.interpolate(masks, size=(height + pad_h, width + pad_w), mode="bilinear", align_corners=False)
+        return torch.einsum("bqc,bqhw->bchw", classes, masks[..., :height, :width])
+
+
+def segmentation_loss(model: Mask2FormerSegmenter, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    images, labels = batch
+    return model.loss(images, labels)
+
+
+@torch.no_grad()
+def predict(model: Mask2FormerSegmenter, image: torch.Tensor, *, short_side: int, crop_size: int,
+            mode: str = "whole", stride: int | None = None) -> torch.Tensor:
+    """Class map (H, W) at the original size of ``image`` (3, H, W in [0, 1]).
+
+    The image is resized so that its shorter side is ``short_side``; ``whole`` scores it in one pass,
+    ``slide`` scores ``crop_size`` windows every ``stride`` pixels and averages overlaps. Scores are
+    resized back to the original size before the arg-max.
+    """
+    height, width = image.shape[-2:]
+    scale = short_side / min(height, width)
+    size = (max(round(height * scale), 1), max(round(width * scale), 1))
+    x = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)
+    if mode == "whole":
+        scores = model.scores(x)
+    elif mode == "slide":
+        stride = stride or crop_size * 2 // 3
+        h, w = size
+        scores = x.new_zeros((1, model.num_classes, h, w))
+        count = x.new_zeros((1, 1, h, w))
+        rows = max(h - crop_size + stride - 1, 0) // stride + 1
+        cols = max(w - crop_size + stride - 1, 0) // stride + 1
+        for r in range(rows):
+            for c in range(cols):
+                y0, x0 = min(r * stride, max(h - crop_size, 0)), min(c * stride, max(w - crop_size, 0))
+                y1, x1 = min(y0 + crop_size, h), min(x0 + crop_size, w)
+                scores[..., y0:y1, x0:x1] += model.scores(x[..., y0:y1, x0:x1])
+                count[..., y0:y1, x0:x1] += 1
+        scores = scores / count
+    else:
+        raise ValueError(f"ade20k.eval.mode must be 'whole' or 'slide', got {mode!r}")
+    scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
+    return scores[0].argmax(0)

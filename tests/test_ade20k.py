@@ -1,0 +1,208 @@
+"""ADE20K: the on-disk format, the label conventions, bad input, Mask2Former on the adapter, mIoU."""
+
+import hashlib
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from frozenrep.data import ade20k
+from frozenrep.data.ade20k import ADE20KSegmentation, IGNORE_INDEX, mask_path
+from frozenrep.data.coco import DatasetError
+from frozenrep.evaluation.segmentation import confusion_matrix, metrics_from_confusion
+
+
+def gen(root, seed=0, num_classes=4):
+    ade20k.generate(root, num_train=6, num_val=4, image_size=64, num_classes=num_classes, max_regions=3, seed=seed)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_ade(tmp_path_factory):
+    return gen(tmp_path_factory.mktemp("ade") / "ade20k")
+
+
+def test_generated_layout_and_determinism(tmp_path, tiny_ade):
+    summary = ade20k.verify_layout(tiny_ade)
+    assert summary["splits"] == {"train": {"images": 6, "annotations": 6}, "val": {"images": 4, "annotations": 4}}
+    assert summary["classes"] == ["h-stripes", "v-stripes", "diagonal", "checker"]
+    assert (tiny_ade / "images/training/ADE_train_00000001.jpg").is_file()
+    assert (tiny_ade / "annotations/validation/ADE_val_00000004.png").is_file()
+    again = gen(tmp_path / "again")
+    for path in sorted(tiny_ade.rglob("*.png")):
+        assert path.read_bytes() == (again / path.relative_to(tiny_ade)).read_bytes()
+
+
+def test_label_conventions(tiny_ade):
+    ds = ADE20KSegmentation(tiny_ade, "val")
+    raw = np.array(Image.open(mask_path(tiny_ade, "val", ds.stems[0])))
+    image, labels = ds[0]
+    assert image.shape == (3, 64, 64) and labels.shape == (64, 64) and labels.dtype == torch.int64
+    assert torch.equal(labels == IGNORE_INDEX, torch.from_numpy(raw == 0))  # 0 "other" is ignored
+    shifted = torch.from_numpy(raw.astype(np.int64) - 1)
+    assert torch.equal(labels[raw > 0], shifted[raw > 0])  # k -> k-1
+    assert ds.num_classes == 4 and int(labels[labels != IGNORE_INDEX].max()) < 4
+
+
+def test_real_objectinfo_format_is_read(tmp_path):
+    (tmp_path / "objectInfo150.txt").write_text(
+        "Idx\tRatio\tTrain\tVal\tName\n1\t0.1576\t11664\t1172\twall\n2\t0.1072\t6046\t612\tbuilding, edifice\n")
+    assert ade20k.read_class_names(tmp_path) == ["wall", "building, edifice"]
+
+
+def test_training_augmentation_crops_pads_with_ignore_and_is_seeded(tiny_ade):
+    ds = ADE20KSegmentation(tiny_ade, "train", train=True, crop_size=48, scale=(64, 256), ratio_range=(0.5, 2.0))
+    shapes = set()
+    for seed in range(6):
+        image, labels = ds[(0, seed)]
+        shapes.add(tuple(image.shape))
+        assert labels.shape == (48, 48)
+    assert shapes == {(3, 48, 48)}
+    a, b = ds[(1, 7)], ds[(1, 7)]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    small = ADE20KSegmentation(tiny_ade, "train", train=True, crop_size=64, scale=(16, 16), ratio_range=(1.0, 1.0))
+    image, labels = small[(0, 0)]  # resized to 16 px, padded up to the 64-px crop
+    assert (labels == IGNORE_INDEX).float().mean() > 0.9 and image[:, 40:, 40:].abs().sum() == 0
+
+
+def corrupt(root, how):
+    ds = ADE20KSegmentation(root, "val")
+    victim = mask_path(root, "val", ds.stems[1])
+    if how == "size":
+        Image.new("L", (32, 64)).save(victim)
+    elif how == "label":
+        arr = np.array(Image.open(victim))
+        arr[0, 0] = 200
+        Image.fromarray(arr).save(victim)
+    elif how == "missing":
+        victim.unlink()
+    elif how == "corrupt":
+        victim.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return victim
+
+
+@pytest.mark.parametrize("how, message", [
+    ("size", r"is 32x64 but its image .* is 64x64"),
+    ("label", r"label\(s\) \[200\] outside 0..4"),
+    ("missing", r"does not exist"),
+    ("corrupt", r"cannot be decoded"),
+])
+def test_bad_samples_are_named_or_skipped_and_counted(tmp_path, tiny_ade, how, message):
+    root = tmp_path / "ade"
+    shutil.copytree(tiny_ade, root)
+    victim = corrupt(root, how)
+    with pytest.raises(DatasetError, match=message) as info:
+        ADE20KSegmentation(root, "val")
+    assert victim.name in str(info.value) and "on_bad_sample: skip" in str(info.value)
+    ds = ADE20KSegmentation(root, "val", on_bad_sample="skip")
+    assert len(ds) == 3 and len(ds.skipped) == 1 and ds.skipped[0][0] == str(victim)
+    assert all(stem != victim.stem for stem in ds.stems)
+
+
+def independent_miou(preds, targets, num_classes, ignore=IGNORE_INDEX):
+    """IoU per class from boolean masks over all pixels at once (no confusion matrix)."""
+    pred = np.concatenate([p.ravel() for p in preds])
+    gt = np.concatenate([t.ravel() for t in targets])
+    keep = gt != ignore
+    pred, gt = pred[keep], gt[keep]
+    ious = []
+    for c in range(num_classes):
+        inter = np.sum((pred == c) & (gt == c))
+        union = np.sum((pred == c) | (gt == c))
+        ious.append(np.nan if union == 0 else inter / union)
+    return 100 * np.nanmean(ious), ious, 100 * np.mean(pred == gt)
+
+
+def test_miou_matches_independent_computation():
+    rng = np.random.default_rng(0)
+    num_classes = 7
+    preds, targets = [], []
+    for size in ((20, 30), (45, 12), (8, 8)):
+        gt = rng.integers(0, 5, size)          # classes 5 and 6 never in the ground truth
+        gt[rng.random(size) < 0.2] = IGNORE_INDEX
+        pred = np.where(rng.random(size) < 0.6, gt, rng.integers(0, 6, size))  # 5 is predicted, 6 never
+        pred[pred == IGNORE_INDEX] = 0
+        preds.append(pred), targets.append(gt)
+    conf = sum(confusion_matrix(torch.from_numpy(p), torch.from_numpy(t), num_classes) for p, t in zip(preds, targets))
+    metrics = metrics_from_confusion(conf)
+    miou, ious, acc = independent_miou(preds, targets, num_classes)
+    assert metrics["miou"] == pytest.approx(miou) and metrics["pixel_acc"] == pytest.approx(acc)
+    assert metrics["per_class_iou"][5] == 0.0 and metrics["per_class_iou"][6] is None
+    per_image = np.mean([independent_miou([p], [t], num_classes)[0] for p, t in zip(preds, targets)])
+    assert metrics["miou"] != pytest.approx(per_image)  # accumulated, not averaged per image
+
+
+def test_perfect_prediction_scores_100():
+    gt = torch.tensor([[0, 1, 255], [2, 2, 1]])
+    metrics = metrics_from_confusion(confusion_matrix(gt.clamp(max=2), gt, 3))
+    assert metrics["miou"] == pytest.approx(100.0) and metrics["pixel_acc"] == pytest.approx(100.0)
+
+
+@pytest.fixture
+def tiny_segmenter(tiny_entry):
+    from frozenrep.backbones import build_backbone
+    from frozenrep.heads.segmentation import Mask2FormerSegmenter, SegmentationHeadConfig
+
+    def make(mode="frozen", num_classes=4, **head):
+        torch.manual_seed(0)
+        cfg = SegmentationHeadConfig(**{**dict(hidden_dim=32, num_queries=8, num_heads=4, feedforward_dim=64,
+                                               train_num_points=256), **head})
+        return Mask2FormerSegmenter(build_backbone(tiny_entry, None, mode=mode), num_classes, cfg,
+                                    tiny_entry.input_mean, tiny_entry.input_std)
+
+    return make
+
+
+def test_mask2former_uses_the_paper_depths_and_the_adapter(tiny_segmenter):
+    model = tiny_segmenter(pixel_decoder_layers=1, transformer_decoder_layers=4)
+    assert model.config.encoder_layers == 1 and model.config.decoder_layers == 4 + 1  # + the query-only stage
+    assert len(model.model.model.pixel_level_module.decoder.encoder.layers) == 1
+    assert len(model.model.model.transformer_module.decoder.layers) == 4
+    assert model.model.model.pixel_level_module.encoder.adapter is model.backbone
+    labels = torch.randint(0, 4, (2, 64, 64))
+    labels[1] = IGNORE_INDEX  # an image with nothing labelled
+    loss = model.loss(torch.rand(2, 3, 64, 64), labels)["loss_mask2former"]
+    assert torch.isfinite(loss)
+
+
+def test_frozen_guarantee_for_the_segmentation_head(tiny_segmenter, tiny_ade, tmp_path):
+    from frozenrep.data.ade20k import collate
+    from frozenrep.heads.segmentation import segmentation_loss
+    from frozenrep.training import TrainConfig, train
+
+    model = tiny_segmenter("frozen")
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    head_before = {k: v.clone() for k, v in model.model.model.transformer_module.state_dict().items()}
+    ds = ADE20KSegmentation(tiny_ade, "train", train=True, crop_size=64, scale=(64, 128))
+    train(model, ds, collate, segmentation_loss, TrainConfig(steps=2, batch_size=2, lr=1e-2), tmp_path,
+          seed=0, fingerprint="s")
+    after = model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(v, model.model.model.transformer_module.state_dict()[k]) for k, v in head_before.items())
+    assert not model.backbone.training
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_prediction_is_at_the_original_size(tiny_segmenter, mode):
+    from frozenrep.heads.segmentation import predict
+
+    model = tiny_segmenter().eval()
+    pred = predict(model, torch.rand(3, 50, 90), short_side=64, crop_size=48, mode=mode)
+    assert pred.shape == (50, 90) and pred.dtype == torch.int64 and int(pred.max()) < 4
+
+
+def test_download_of_the_official_zip_layout(tmp_path, tiny_ade, http_server):
+    archive = tmp_path / "ADEChallengeData2016.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(tiny_ade.rglob("*")):
+            if path.is_file():
+                zf.write(path, f"ADEChallengeData2016/{path.relative_to(tiny_ade)}")
+    body = archive.read_bytes()
+    url = http_server.add("/ADEChallengeData2016.zip", body, cut_after=len(body) // 3, cut_times=1)
+    root = tmp_path / "data" / "ade20k"
+    ade20k.download(root, [{"url": url, "md5": hashlib.md5(body).hexdigest()}], tmp_path / "dl", backoff=0.01)
+    assert ade20k.verify_layout(root)["splits"]["val"]["images"] == 4
+    assert not (tmp_path / "data" / "ade20k.tmp").exists()
