@@ -203,6 +203,7 @@ def test_download_of_the_official_zip_layout(tmp_path, tiny_ade, http_server):
     body = archive.read_bytes()
     url = http_server.add("/ADEChallengeData2016.zip", body, cut_after=len(body) // 3, cut_times=1)
     root = tmp_path / "data" / "ade20k"
-    ade20k.download(root, [{"url": url, "md5": hashlib.md5(body).hexdigest()}], tmp_path / "dl", backoff=0.01)
+    ade20k.download(root, {"files": [{"url": url, "md5": hashlib.md5(body).hexdigest()}], "downloads": tmp_path / "dl"},
+                    backoff=0.01)
     assert ade20k.verify_layout(root)["splits"]["val"]["images"] == 4
     assert not (tmp_path / "data" / "ade20k.tmp").exists()

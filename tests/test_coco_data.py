@@ -105,17 +105,17 @@ def test_download_from_loopback_server(tmp_path, tiny_coco, http_server):
         url = http_server.add(f"/zips/{name}", body, cut_after=len(body) // 2, cut_times=1)
         files.append({"url": url, "md5": hashlib.md5(body).hexdigest()})
     root = tmp_path / "data" / "coco"
-    coco.download(root, files, tmp_path / "downloads", backoff=0.01)
+    coco.download(root, {"files": files, "downloads": tmp_path / "downloads"}, backoff=0.01)
     assert coco.verify_layout(root)["splits"]["train"]["images"] == 12
     assert tree_digest(root / "train2017") == tree_digest(tiny_coco / "train2017")
     # a second call finds the verified archives and does not download again
     counts = {p: len(r.requests) for p, r in http_server.routes.items()}
-    coco.download(root, files, tmp_path / "downloads")
+    coco.download(root, {"files": files, "downloads": tmp_path / "downloads"})
     assert counts == {p: len(r.requests) for p, r in http_server.routes.items()}
 
 
 def test_download_refuses_wrong_md5(tmp_path, http_server):
     url = http_server.add("/zips/val2017.zip", b"PK not really")
     with pytest.raises(Exception, match="md5 mismatch"):
-        coco.download(tmp_path / "coco", [{"url": url, "md5": "0" * 32}], tmp_path / "downloads")
+        coco.download(tmp_path / "coco", {"files": [{"url": url, "md5": "0" * 32}], "downloads": tmp_path / "dl"})
     assert not (tmp_path / "coco").exists()

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from frozenrep.checkpoints import CheckpointEntry
 
 # task -> the dataset it is trained and evaluated on
-DATASET_OF_TASK: dict[str, str] = {"coco": "coco", "ade20k": "ade20k"}
+DATASET_OF_TASK: dict[str, str] = {"coco": "coco", "ade20k": "ade20k", "k400": "k400"}
 
 
 class ConfigError(ValueError):

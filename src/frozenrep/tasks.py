@@ -86,7 +86,36 @@ def _ade20k_task() -> Task:
     return Task("ade20k", ("miou",), datasets, build_head, segmentation_loss, collate, evaluate)
 
 
-_FACTORIES: dict[str, Callable[[], Task]] = {"coco": _coco_task, "ade20k": _ade20k_task}
+def _k400_task() -> Task:
+    from frozenrep.data.kinetics import KineticsClips, KineticsIndex, class_names, collate, multiview_clips
+    from frozenrep.evaluation.video import evaluate_video
+    from frozenrep.heads.video import VideoClassifier, VideoHeadConfig, video_loss
+
+    def datasets(root: Path, cfg: dict) -> tuple[Dataset, Any]:
+        data, head = cfg.get("data", {}), cfg.get("head", {})
+        duration, policy = data.get("clip_duration", 2.0), data.get("on_bad_sample", "skip")
+        classes = class_names(root)
+        train_index = KineticsIndex(root, "train", classes, duration, policy)
+        clips = KineticsClips(train_index, clip_duration=duration, num_frames=head.get("num_frames", 16),
+                              size=data.get("size", 224), hflip=data.get("hflip", True))
+        return clips, KineticsIndex(root, "val", classes, duration, policy)
+
+    def build_head(backbone: BackboneAdapter, train_set: Dataset, cfg: dict, entry: CheckpointEntry) -> nn.Module:
+        head = dataclass_from(VideoHeadConfig, cfg.get("head", {}), "k400.head")
+        return VideoClassifier(backbone, train_set.num_classes, head, entry.input_mean, entry.input_std)
+
+    def evaluate(model: nn.Module, val_index: Any, cfg: dict, device: torch.device):
+        data, ev = cfg.get("data", {}), cfg.get("eval", {})
+        views = multiview_clips(val_index, clip_duration=data.get("clip_duration", 2.0),
+                                clips_per_video=ev.get("clips_per_video", 4),
+                                num_frames=cfg.get("head", {}).get("num_frames", 16), size=data.get("size", 224),
+                                spatial_crops=ev.get("spatial_crops", 3))
+        return evaluate_video(model, views, len(val_index), device, batch_views=ev.get("batch_views", 8))
+
+    return Task("k400", ("top1",), datasets, build_head, video_loss, collate, evaluate)
+
+
+_FACTORIES: dict[str, Callable[[], Task]] = {"coco": _coco_task, "ade20k": _ade20k_task, "k400": _k400_task}
 TASKS: tuple[str, ...] = tuple(_FACTORIES)
 
 

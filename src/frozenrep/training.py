@@ -152,7 +152,10 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
         if state.get("fingerprint") != fingerprint:
             log.warning("%s was written for another configuration; starting from step 0", state_path)
         else:
-            missing, unexpected = model.load_state_dict(state["model"], strict=False)
+            try:
+                missing, unexpected = model.load_state_dict(state["model"], strict=False)
+            except RuntimeError as err:  # tensors of another shape
+                raise TrainingError(f"{state_path} does not match the model ({err}); delete it to start over.") from err
             expected_missing = set(model.state_dict()) - set(trainable_state_dict(model))
             if unexpected or set(missing) - expected_missing:
                 raise TrainingError(f"{state_path} does not match the model (missing {sorted(missing)[:5]}, "

@@ -40,9 +40,9 @@ def download_and_extract(root: str | Path, files: list[dict[str, str]], download
 
 def dataset_module(name: str):
     """The module that generates, downloads and verifies dataset ``name``."""
-    from frozenrep.data import ade20k, coco
+    from frozenrep.data import ade20k, coco, kinetics
 
-    modules = {"coco": coco, "ade20k": ade20k}
+    modules = {"coco": coco, "ade20k": ade20k, "k400": kinetics}
     if name not in modules:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(modules)}")
     return modules[name]

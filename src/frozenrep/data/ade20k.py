@@ -145,9 +145,9 @@ def verify_layout(root: str | Path) -> dict[str, Any]:
     return summary
 
 
-def download(root: str | Path, files: list[dict[str, str]], downloads: str | Path, **fetch_kwargs: Any) -> None:
+def download(root: str | Path, settings: dict[str, Any], **fetch_kwargs: Any) -> None:
     """Fetch ADEChallengeData2016.zip (md5-checked, resumable) and extract it safely into ``root``."""
-    download_and_extract(root, files, downloads, verify_layout, inner_dir="ADEChallengeData2016", **fetch_kwargs)
+    download_and_extract(root, settings["files"], settings["downloads"], verify_layout, inner_dir="ADEChallengeData2016", **fetch_kwargs)
 
 
 class ADE20KSegmentation(Dataset):

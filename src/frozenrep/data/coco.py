@@ -115,9 +115,9 @@ def verify_layout(root: str | Path, check_images: int = 5) -> dict[str, Any]:
     return summary
 
 
-def download(root: str | Path, files: list[dict[str, str]], downloads: str | Path, **fetch_kwargs: Any) -> None:
+def download(root: str | Path, settings: dict[str, Any], **fetch_kwargs: Any) -> None:
     """Fetch the official archives (md5-checked, resumable) and extract them safely into ``root``."""
-    download_and_extract(root, files, downloads, verify_layout, **fetch_kwargs)
+    download_and_extract(root, settings["files"], settings["downloads"], verify_layout, **fetch_kwargs)
 
 
 class CocoDetection(Dataset):
