@@ -3,6 +3,7 @@
 import hashlib
 import io
 import re
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -125,13 +126,18 @@ def test_truncated_checkpoint_is_refused(tmp_path, suffix):
         read_state_dict(path)
 
 
-def test_registry_validation_names_entry_and_key(tmp_path):
-    (tmp_path / "schemas").mkdir()
+@pytest.fixture
+def params_dir(tmp_path):
+    """A params/ folder with the registry schema beside it (the registry is validated against it)."""
     from conftest import REPO
 
-    (tmp_path / "schemas" / "checkpoints.schema.yaml").write_text(
-        (REPO / "params/schemas/checkpoints.schema.yaml").read_text())
-    bad = tmp_path / "checkpoints.yaml"
+    (tmp_path / "schemas").mkdir()
+    shutil.copy(REPO / "params/schemas/checkpoints.schema.yaml", tmp_path / "schemas")
+    return tmp_path
+
+
+def test_registry_validation_names_entry_and_key(params_dir):
+    bad = params_dir / "checkpoints.yaml"
     bad.write_text("x:\n  source: ftp://a/b\n  format: pickle\n  arch: swin_tiny_patch4_window7_224\n"
                    "  pretraining: none\n")
     with pytest.raises(CheckpointError) as info:
@@ -139,14 +145,11 @@ def test_registry_validation_names_entry_and_key(tmp_path):
     assert "x.format" in str(info.value) and "x.source" in str(info.value)
 
 
-def test_pin_writes_hash_into_registry_and_keeps_comments(tmp_path):
+def test_pin_writes_hash_into_registry_and_keeps_comments(params_dir):
     from conftest import REPO
 
-    (tmp_path / "schemas").mkdir()
-    (tmp_path / "schemas" / "checkpoints.schema.yaml").write_text(
-        (REPO / "params/schemas/checkpoints.schema.yaml").read_text())
-    registry = tmp_path / "checkpoints.yaml"
-    registry.write_text((REPO / "params/checkpoints.yaml").read_text())
+    registry = params_dir / "checkpoints.yaml"
+    shutil.copy(REPO / "params/checkpoints.yaml", registry)
     digest = "ab" * 32
     pin_sha256(registry, "swin-b-in22k", digest)
     text = registry.read_text()

@@ -24,12 +24,13 @@ def test_paper_profile_dry_run_lists_the_whole_dag_offline(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     result = snakemake(ws, "-n", "--configfile=params/paper.yaml", "results/table1.csv")
     assert result.returncode == 0, result.stdout + result.stderr
-    # 2 tasks x 4 official backbones x (frozen, finetune) x 1 seed
-    assert job_counts(result.stdout) == {"prepare_dataset": 2, "fetch_checkpoint": 4, "train_head": 16,
-                                         "evaluate_head": 16, "table1": 1}
+    # 3 tasks x 4 official backbones x (frozen, finetune) x 1 seed
+    assert job_counts(result.stdout) == {"prepare_dataset": 3, "fetch_checkpoint": 4, "train_head": 24,
+                                         "evaluate_head": 24, "table1": 1}
     assert "checkpoints/swinv2-l-in22k.pth" in result.stdout
     assert "results/metrics/ade20k/swin-b-in22k/frozen/seed0.json" in result.stdout
-    assert "data/ade20k.manifest.json" in result.stdout
+    assert "data/ade20k.manifest.json" in result.stdout and "data/k400.manifest.json" in result.stdout
+    assert "runs/k400/swinv2-l-in22k/frozen/seed0/head.safetensors" in result.stdout
     assert not (ws / "data").exists() and not (ws / "checkpoints").exists()
 
 
@@ -37,8 +38,8 @@ def test_default_profile_dry_run(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     result = snakemake(ws, "-n", "results/table1.csv")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert job_counts(result.stdout) == {"create_local_backbone": 1, "fetch_checkpoint": 1, "prepare_dataset": 2,
-                                         "train_head": 4, "evaluate_head": 4, "table1": 1}
+    assert job_counts(result.stdout) == {"create_local_backbone": 1, "fetch_checkpoint": 1, "prepare_dataset": 3,
+                                         "train_head": 6, "evaluate_head": 6, "table1": 1}
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +56,9 @@ def test_ci_run_produces_table1(ci_run):
     assert table[["backbone", "mode"]].values.tolist() == [["tiny-swin-none", "frozen"],
                                                            ["tiny-swin-none", "finetune"]]
     assert list(table.columns) == ["backbone", "pretraining", "mode", "seeds", "coco_box_ap", "coco_mask_ap",
-                                   "ade20k_miou"]
+                                   "ade20k_miou", "k400_top1"]
     assert table["coco_box_ap"].between(0, 100).all() and table["coco_mask_ap"].between(0, 100).all()
-    assert table["ade20k_miou"].between(0, 100).all()
+    assert table["ade20k_miou"].between(0, 100).all() and table["k400_top1"].between(0, 100).all()
     assert (ws / "checkpoints/tiny-swin-none.safetensors.sha256").exists()
     assert (ws / "runs/coco/tiny-swin-none/frozen/seed0/state.pt").exists()
 
@@ -75,8 +76,8 @@ def test_every_job_is_an_mlflow_run(ci_run):
     client = MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlruns.db'}")
     experiment = client.get_experiment_by_name("ci")
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["ade20k-tiny-swin-none-finetune-s0", "ade20k-tiny-swin-none-frozen-s0",
-                                                     "coco-tiny-swin-none-finetune-s0", "coco-tiny-swin-none-frozen-s0"]
+    assert sorted(r.info.run_name for r in runs) == [f"{task}-tiny-swin-none-{mode}-s0" for task in ("ade20k", "coco", "k400")
+                                                     for mode in ("finetune", "frozen")]
     sha = (ws / "checkpoints/tiny-swin-none.safetensors.sha256").read_text().split()[0]
     for run in runs:
         assert run.info.status == "FINISHED"
@@ -84,7 +85,8 @@ def test_every_job_is_an_mlflow_run(ci_run):
         task = tags["task"]
         assert {tags["backbone"], tags["pretraining"], tags["seed"]} == {"tiny-swin-none", "none", "0"}
         assert tags["mode"] in ("frozen", "finetune") and tags["checkpoint_sha256"] == sha and tags["git_commit"]
-        expected = {"coco": {"coco/box_ap", "coco/mask_ap"}, "ade20k": {"ade20k/miou", "ade20k/pixel_acc"}}[task]
+        expected = {"coco": {"coco/box_ap", "coco/mask_ap"}, "ade20k": {"ade20k/miou", "ade20k/pixel_acc"},
+                    "k400": {"k400/top1", "k400/top5"}}[task]
         assert expected | {"train/loss", "train/lr", f"{task}/skipped_samples"} <= set(run.data.metrics)
         assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 3  # log_every 2 of 6 steps
         assert run.data.params["train.steps"] == "6" and int(run.data.params["trainable_params"]) > 0

@@ -14,6 +14,8 @@ from frozenrep.checkpoints import CheckpointEntry
 
 # task -> the dataset it is trained and evaluated on
 DATASET_OF_TASK: dict[str, str] = {"coco": "coco", "ade20k": "ade20k", "k400": "k400"}
+# what a `source: download` needs per dataset: archive files, or (Kinetics/CVDF) tar lists and csvs
+DOWNLOAD_KEYS: dict[str, tuple[str, ...]] = {"coco": ("files",), "ade20k": ("files",), "k400": ("lists", "annotations")}
 
 
 class ConfigError(ValueError):
@@ -37,8 +39,11 @@ def check_config(config: Mapping[str, Any], registry: Mapping[str, CheckpointEnt
         if settings["source"] == "existing" and not Path(settings["root"]).is_dir():
             raise ConfigError(f"datasets.{dataset}.root: {settings['root']} does not exist (source: existing); "
                               "point it at your copy, or use source: download.")
-        if settings["source"] == "download" and not settings.get("download", {}).get("files"):
-            raise ConfigError(f"datasets.{dataset}.download.files is empty (source: download); list the archives.")
+        if settings["source"] == "download":
+            for key in DOWNLOAD_KEYS[dataset]:
+                if not settings.get("download", {}).get(key):
+                    raise ConfigError(f"datasets.{dataset}.download.{key} is not set (source: download); "
+                                      "see params/paper.yaml for the official sources.")
 
 
 def prefer_interpreter(executable: str) -> None:

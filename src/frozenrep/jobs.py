@@ -59,13 +59,18 @@ def job_fingerprint(spec: dict[str, Any], checkpoint: Path) -> str:
     return fingerprint_of({k: v for k, v in spec.items() if k != "tracking"}, checkpoint_sha256(checkpoint))
 
 
-def run_training(spec: dict[str, Any], checkpoint: Path, manifest: Path, out_head: Path) -> None:
-    """Train the task head; write ``out_head`` (safetensors) atomically when done."""
+def prepare_job(spec: dict[str, Any], checkpoint: Path, manifest: Path):
+    """What both jobs start from: the task, the device, both splits and the model on the backbone."""
     task = get_task(spec["task"])
     device = pick_device(spec.get("device", "auto"))
     root = Path(json.loads(Path(manifest).read_text())["root"])
-    train_set, _ = task.datasets(root, spec["task_config"])
-    model = build_model(spec, checkpoint, train_set)
+    train_set, val_set = task.datasets(root, spec["task_config"])
+    return task, device, train_set, val_set, build_model(spec, checkpoint, train_set)
+
+
+def run_training(spec: dict[str, Any], checkpoint: Path, manifest: Path, out_head: Path) -> None:
+    """Train the task head; write ``out_head`` (safetensors) atomically when done."""
+    task, device, train_set, _, model = prepare_job(spec, checkpoint, manifest)
     cfg = dataclass_from(TrainConfig, spec["task_config"]["train"], f"{spec['task']}.train")
     run_dir = out_head.parent
     fingerprint = job_fingerprint(spec, checkpoint)
@@ -98,11 +103,7 @@ def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head:
     """Score the trained head on the validation split; write ``out_metrics`` (JSON) atomically."""
     from safetensors import safe_open
 
-    task = get_task(spec["task"])
-    device = pick_device(spec.get("device", "auto"))
-    root = Path(json.loads(Path(manifest).read_text())["root"])
-    train_set, val_set = task.datasets(root, spec["task_config"])
-    model = build_model(spec, checkpoint, train_set)
+    task, device, train_set, val_set, model = prepare_job(spec, checkpoint, manifest)
     with safe_open(str(head), "pt") as handle:
         meta = handle.metadata() or {}
     state = load_file(str(head))
