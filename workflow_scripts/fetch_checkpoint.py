@@ -14,8 +14,7 @@ parser.add_argument("--out", required=True, help="where the verified file goes")
 parser.add_argument("--retries", type=int, default=5)
 args = parser.parse_args()
 setup_logging()
-entry = json.loads(args.entry)
-entry = CheckpointEntry(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()})
+entry = CheckpointEntry.from_dict(json.loads(args.entry))
 try:
     fetch_checkpoint(entry, args.out, retries=args.retries)
 except DownloadError as err:

@@ -51,6 +51,15 @@ class CheckpointEntry:
     input_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     note: str = ""
 
+    @classmethod
+    def from_dict(cls, item: dict[str, Any], name: str | None = None) -> "CheckpointEntry":
+        """An entry from its registry (or JSON) form: lists become tuples, notes for humans are dropped."""
+        item = {k: v for k, v in item.items() if k != "sha256_note"}
+        for key in ("input_mean", "input_std", "drop_keys"):
+            if key in item:
+                item[key] = tuple(item[key])
+        return cls(**item) if name is None else cls(name=name, **item)
+
     @property
     def suffix(self) -> str:
         return ".safetensors" if self.format == "safetensors" else ".pth"
@@ -75,15 +84,7 @@ def load_registry(path: str | Path) -> dict[str, CheckpointEntry]:
     if errors:
         lines = [f"  {'.'.join(str(p) for p in e.path) or '<top>'}: {e.message}" for e in errors[:10]]
         raise CheckpointError(f"checkpoint registry {path} is invalid:\n" + "\n".join(lines))
-    entries = {}
-    for name, item in raw.items():
-        item = dict(item)
-        for key in ("input_mean", "input_std", "drop_keys"):
-            if key in item:
-                item[key] = tuple(item[key])
-        item.pop("sha256_note", None)
-        entries[name] = CheckpointEntry(name=name, **item)
-    return entries
+    return {name: CheckpointEntry.from_dict(item, name) for name, item in raw.items()}
 
 
 def resolve_source(entry: CheckpointEntry) -> str:

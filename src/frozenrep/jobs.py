@@ -27,14 +27,6 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def entry_from_spec(spec: dict[str, Any]) -> CheckpointEntry:
-    item = dict(spec["entry"])
-    for key in ("input_mean", "input_std", "drop_keys"):
-        if key in item:
-            item[key] = tuple(item[key])
-    return CheckpointEntry(**item)
-
-
 def checkpoint_sha256(checkpoint: Path) -> str:
     sidecar = Path(str(checkpoint) + ".sha256")
     return sidecar.read_text().split()[0] if sidecar.exists() else file_digest(checkpoint)
@@ -43,7 +35,7 @@ def checkpoint_sha256(checkpoint: Path) -> str:
 def build_model(spec: dict[str, Any], checkpoint: Path, train_set: Any) -> torch.nn.Module:
     """The task's head on the registry backbone, seeded so that the head's init is reproducible."""
     task = get_task(spec["task"])
-    entry = entry_from_spec(spec)
+    entry = CheckpointEntry.from_dict(spec["entry"])
     torch.manual_seed(spec["seed"])
     backbone = build_backbone(entry, checkpoint, mode=spec["mode"])
     return task.build_head(backbone, train_set, spec["task_config"], entry)

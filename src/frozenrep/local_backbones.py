@@ -19,8 +19,7 @@ def create_local_backbone(entry: dict[str, Any] | CheckpointEntry, out: str | Pa
     ``create.init: random`` is a seeded random initialisation (the ``none`` pretraining row).
     """
     if isinstance(entry, dict):
-        entry = CheckpointEntry(**{k: tuple(v) if k in ("input_mean", "input_std", "drop_keys") else v
-                                   for k, v in entry.items()})
+        entry = CheckpointEntry.from_dict(entry)
     recipe = entry.create or {}
     init = recipe.get("init", "random")
     if init != "random":
