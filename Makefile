@@ -29,11 +29,12 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint
 
 dry-run-paper: $(STAMP)
-	$(BIN)/snakemake -n --configfile params/paper.yaml results/table1.csv
+	$(BIN)/snakemake -n --configfile=params/paper.yaml results/table1.csv
 
-# The MLflow UI over the project's tracking store, on 127.0.0.1 only.
+# The MLflow UI over the project's tracking store, on 127.0.0.1 only (MLFLOW_PORT=... to move it).
+MLFLOW_PORT ?= 5000
 mlflow-ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000
+	$(BIN)/python -m frozenrep.services mlflow-ui --port $(MLFLOW_PORT)
 
 clean:
 	rm -rf data checkpoints runs results logs mlruns.db mlartifacts .snakemake

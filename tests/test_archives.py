@@ -47,15 +47,26 @@ def make_tar(path, members):
             tf.addfile(info, io.BytesIO(data) if data is not None else None)
 
 
-def test_tar_link_outside_is_refused(tmp_path):
+def tar_member(kind):
+    if kind in ("absolute", "dotdot"):
+        info = tarfile.TarInfo("/tmp/evil-abs" if kind == "absolute" else "videos/../../evil")
+        info.size = 1
+        return info, b"x"
+    info = tarfile.TarInfo("videos/escape")
+    info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+    info.linkname = "../../../etc/passwd" if kind == "symlink" else "/etc/passwd"
+    return info, None
+
+
+@pytest.mark.parametrize("kind", ["absolute", "dotdot", "symlink", "hardlink"])
+def test_tar_member_or_link_outside_is_refused(tmp_path, kind):
     good = tarfile.TarInfo("videos/a.mp4")
     good.size = 3
-    link = tarfile.TarInfo("videos/escape")
-    link.type, link.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
-    make_tar(tmp_path / "a.tar.gz", [(good, b"abc"), (link, None)])
-    with pytest.raises(UnsafeArchiveError, match="escape"):
+    make_tar(tmp_path / "a.tar.gz", [(good, b"abc"), tar_member(kind)])
+    with pytest.raises(UnsafeArchiveError, match="refusing to extract anything"):
         extract(tmp_path / "a.tar.gz", tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "evil").exists()
 
 
 def test_tar_dotdot_is_refused_and_good_tar_extracts(tmp_path):

@@ -2,15 +2,13 @@
 
 import hashlib
 import json
-import shutil
 import zipfile
 
 import numpy as np
-import pytest
 import torch
 
 from frozenrep.data import coco
-from frozenrep.data.coco import CocoDetection, DatasetError
+from frozenrep.data.coco import CocoDetection
 
 
 def tree_digest(root):
@@ -60,38 +58,6 @@ def test_dataset_targets_and_seeded_flip(tiny_coco):
     assert torch.equal(ds[(0, 5)][0], ds[(0, 5)][0])  # same seed, same augmentation
 
 
-def test_layout_errors_name_the_file(tmp_path, tiny_coco):
-    with pytest.raises(DatasetError, match="does not exist"):
-        coco.verify_layout(tmp_path / "nowhere")
-    copy = tmp_path / "coco"
-    shutil.copytree(tiny_coco, copy)
-    (copy / "val2017").rename(copy / "val")
-    with pytest.raises(DatasetError, match="val2017 is missing"):
-        coco.verify_layout(copy)
-    (copy / "val").rename(copy / "val2017")
-    coco.annotation_file(copy, "val").write_text("{not json")
-    with pytest.raises(DatasetError, match="instances_val2017.json is not valid JSON"):
-        coco.verify_layout(copy)
-    shutil.copy(coco.annotation_file(tiny_coco, "val"), coco.annotation_file(copy, "val"))
-    first = sorted((copy / "val2017").iterdir())[0]
-    first.unlink()
-    with pytest.raises(DatasetError, match=first.name):
-        coco.verify_layout(copy)
-
-
-def test_unreadable_image_names_the_file(tmp_path, tiny_coco):
-    copy = tmp_path / "coco"
-    shutil.copytree(tiny_coco, copy)
-    ds = CocoDetection(copy, "val")
-    victim = copy / "val2017" / ds.coco.imgs[ds.ids[0]]["file_name"]
-    victim.write_bytes(b"\xff\xd8 truncated jpeg")
-    with pytest.raises(DatasetError, match=f"{victim.name}.*cannot be decoded"):
-        ds[0]
-    victim.unlink()
-    with pytest.raises(DatasetError, match=f"{victim.name}.*does not exist"):
-        ds[0]
-
-
 def test_download_from_loopback_server(tmp_path, tiny_coco, http_server):
     files = []
     for name, folders in (("val2017.zip", ["val2017"]), ("train2017.zip", ["train2017"]),
@@ -112,10 +78,3 @@ def test_download_from_loopback_server(tmp_path, tiny_coco, http_server):
     counts = {p: len(r.requests) for p, r in http_server.routes.items()}
     coco.download(root, {"files": files, "downloads": tmp_path / "downloads"})
     assert counts == {p: len(r.requests) for p, r in http_server.routes.items()}
-
-
-def test_download_refuses_wrong_md5(tmp_path, http_server):
-    url = http_server.add("/zips/val2017.zip", b"PK not really")
-    with pytest.raises(Exception, match="md5 mismatch"):
-        coco.download(tmp_path / "coco", {"files": [{"url": url, "md5": "0" * 32}], "downloads": tmp_path / "dl"})
-    assert not (tmp_path / "coco").exists()

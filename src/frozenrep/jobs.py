@@ -66,6 +66,7 @@ def run_training(spec: dict[str, Any], checkpoint: Path, manifest: Path, out_hea
     cfg = dataclass_from(TrainConfig, spec["task_config"]["train"], f"{spec['task']}.train")
     run_dir = out_head.parent
     fingerprint = job_fingerprint(spec, checkpoint)
+    run_dir.mkdir(parents=True, exist_ok=True)
     state_file = run_dir / "mlflow_run_id"  # "<fingerprint> <run id>": a resumed job continues its run
     saved = state_file.read_text().split() if state_file.exists() else []
     resume_id = saved[1] if len(saved) == 2 and saved[0] == fingerprint else None

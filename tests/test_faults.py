@@ -1,0 +1,147 @@
+"""Faults: a training job killed with SIGKILL resumes to the same result; a failing job leaves no
+output that looks complete, marks its MLflow run FAILED, and touches nothing another job made."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from frozenrep.checkpoints import load_registry
+from frozenrep.config import DATASET_OF_TASK
+from frozenrep.data import dataset_module, write_manifest
+from frozenrep.local_backbones import create_local_backbone
+from workspace import REPO, make_workspace, snakemake
+
+PYTHON = sys.executable
+
+
+def resolved_profile(name="ci.yaml"):
+    from snakemake.utils import validate
+
+    config = yaml.safe_load((REPO / "params" / name).read_text())
+    validate(config, str(REPO / "params/schemas/config.schema.yaml"), set_default=True)
+    return config
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    """The tiny backbone checkpoint, made once for every task."""
+    root = tmp_path_factory.mktemp("faults")
+    entry = load_registry(REPO / "params/checkpoints.yaml")["tiny-swin-none"]
+    create_local_backbone(entry, root / "tiny.safetensors")
+    return root, entry
+
+
+@pytest.fixture(scope="module", params=list(DATASET_OF_TASK))
+def job_inputs(request, backbone):
+    """For one task: its CI-sized dataset with manifest beside the backbone, and a 16-step job spec."""
+    root, entry = backbone
+    task = request.param
+    config = resolved_profile()
+    dataset = DATASET_OF_TASK[task]
+    if not (root / f"{dataset}.manifest.json").exists():
+        module = dataset_module(dataset)
+        module.generate(root / dataset, **config["datasets"][dataset]["generate"])
+        write_manifest(root / f"{dataset}.manifest.json", dataset, module.verify_layout(root / dataset), "generate")
+    task_config = {k: v for k, v in config[task].items() if k != "resources"}
+    task_config["train"].update(steps=16, checkpoint_every=2, log_every=2)
+    spec = {"study": "faults", "task": task, "backbone": "tiny-swin-none", "mode": "frozen", "seed": 0,
+            "entry": entry.__dict__, "task_config": task_config, "device": "cpu",
+            "tracking": {"uri": f"sqlite:///{root / 'mlruns.db'}"}}
+    return root, spec
+
+
+def manifest(root, spec):
+    return str(root / f"{DATASET_OF_TASK[spec['task']]}.manifest.json")
+
+
+def train_cmd(root, spec, out):
+    return [PYTHON, str(REPO / "workflow_scripts/train.py"), "--spec", json.dumps(spec), "--checkpoint",
+            str(root / "tiny.safetensors"), "--manifest", manifest(root, spec), "--out", str(out)]
+
+
+def evaluate(root, spec, head, out):
+    subprocess.run([PYTHON, str(REPO / "workflow_scripts/evaluate.py"), "--spec", json.dumps(spec), "--checkpoint",
+                    str(root / "tiny.safetensors"), "--manifest", manifest(root, spec), "--head",
+                    str(head), "--out", str(out)], check=True, capture_output=True)
+    metrics = json.loads(out.read_text())["metrics"]
+    return {k: v for k, v in metrics.items() if "seconds" not in k}  # wall-clock time differs, of course
+
+
+def env():
+    return {**os.environ, "MLFLOW_TRACKING_URI": ""}
+
+
+def test_sigkill_at_a_random_step_then_rerun_gives_the_same_head_and_metrics(job_inputs, tmp_path):
+    root, spec = job_inputs
+    whole = tmp_path / "whole" / "head.safetensors"
+    done = subprocess.run(train_cmd(root, spec, whole), capture_output=True, text=True, env=env())
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    killed = tmp_path / "killed" / "head.safetensors"
+    state = killed.parent / "state.pt"
+    target = random.Random().choice(range(2, 12, 2))  # kill during the step after this checkpoint
+    process = subprocess.Popen(train_cmd(root, spec, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=env())
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if state.exists() and torch.load(state, weights_only=True)["step"] >= target:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not killed.exists(), "killed too late: the job had already finished"
+    step_at_kill = torch.load(state, weights_only=True)["step"]
+    assert target <= step_at_kill < 16
+    subprocess.run(train_cmd(root, spec, killed), check=True, capture_output=True, env=env())
+
+    a, b = load_file(str(whole)), load_file(str(killed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert evaluate(root, spec, whole, tmp_path / "whole.json") == evaluate(root, spec, killed, tmp_path / "killed.json")
+
+
+def test_failing_job_leaves_no_output_and_marks_its_mlflow_run_failed(job_inputs, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    root, spec = job_inputs
+    spec = json.loads(json.dumps(spec))
+    spec["task_config"]["train"]["lr"] = 1e30  # the loss becomes non-finite within a few steps
+    spec["task_config"]["train"]["grad_clip"] = 0.0
+    out = tmp_path / "run" / "head.safetensors"
+    result = subprocess.run(train_cmd(root, spec, out), capture_output=True, text=True, env=env())
+    assert result.returncode != 0 and "non-finite loss" in result.stderr
+    assert not out.exists() and not list(out.parent.glob("*.tmp"))
+    client = MlflowClient(tracking_uri=spec["tracking"]["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("faults").experiment_id],
+                              filter_string=f"attributes.status = 'FAILED' and tags.task = '{spec['task']}'")
+    assert runs and "non-finite loss" in runs[0].data.tags["error"]
+
+
+def test_a_failing_job_does_not_touch_what_other_jobs_made(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    coco_metrics = ws / "results/metrics/coco/tiny-swin-none/frozen/seed0.json"
+    first = snakemake(ws, "--cores", "2", "--configfile=params/ci.yaml", str(coco_metrics.relative_to(ws)),
+                      "data/ade20k.manifest.json")
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (ws / "results").rglob("*") if p.is_file()}
+    before.update({p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (ws / "runs").rglob("*") if p.is_file()})
+    masks = sorted((ws / "data/ade20k/annotations/validation").glob("*.png"))
+    masks[0].write_bytes(b"not a png")  # every ade20k job now fails on this file
+    second = snakemake(ws, "--cores", "2", "--keep-going", "--configfile=params/ci.yaml", "results/table1.csv")
+    output = second.stdout + second.stderr
+    assert second.returncode != 0 and masks[0].name in output
+    for path, (mtime, data) in before.items():
+        assert path.stat().st_mtime_ns == mtime and path.read_bytes() == data, path
+    assert not (ws / "results/table1.csv").exists()
+    assert not list((ws / "runs").glob("ade20k/**/head.safetensors"))
+    assert (ws / "results/metrics/coco/tiny-swin-none/finetune/seed0.json").exists()  # other jobs went on
+    assert (ws / "results/metrics/k400/tiny-swin-none/frozen/seed0.json").exists()
