@@ -1,6 +1,13 @@
 # Backbone checkpoints: create the embedded default's tiny backbones, fetch and verify every one.
 
 
+rule all_checkpoints:
+    """Every checkpoint of the profile's backbones, verified (the DVC checkpoints stage runs this)."""
+    input:
+        [checkpoint_path(name) for name in config["backbones"]],
+    localrule: True
+
+
 rule create_local_backbone:
     output:
         ckpt="checkpoints/local/{name}.safetensors",

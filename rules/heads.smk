@@ -6,6 +6,7 @@ rule train_head:
         unpack(head_inputs),
     output:
         head="runs/{task}/{backbone}/{mode}/seed{seed}/head.safetensors",
+        curve="results/curves/{task}/{backbone}/{mode}/seed{seed}.csv",
     params:
         spec=job_spec,
     log:
@@ -21,7 +22,8 @@ rule train_head:
         "../envs/frozenrep.yaml"
     shell:
         "python workflow_scripts/train.py --spec {params.spec:q} --checkpoint {input.checkpoint:q}"
-        " --manifest {input.manifest:q} --out {output.head:q} --threads {threads} 2> {log:q}"
+        " --manifest {input.manifest:q} --out {output.head:q} --curve {output.curve:q} --threads {threads}"
+        " 2> {log:q}"
 
 
 rule evaluate_head:

@@ -6,6 +6,7 @@ rule table1:
         metrics=get_table_inputs(),
     output:
         csv="results/table1.csv",
+        json="results/table1.json",
     log:
         "logs/tables/table1.log",
     threads: 1
@@ -15,4 +16,4 @@ rule table1:
     conda:
         "../envs/frozenrep.yaml"
     shell:
-        "python workflow_scripts/make_table.py --out {output.csv:q} {input.metrics:q} 2> {log:q}"
+        "python workflow_scripts/make_table.py --out {output.csv:q} --json {output.json:q} {input.metrics:q} 2> {log:q}"

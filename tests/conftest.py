@@ -136,3 +136,13 @@ def tiny_detector(tiny_entry):
                                tiny_entry.input_mean, tiny_entry.input_std)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory):
+    """The CI profile's whole DAG, run once with Snakemake: (workspace, completed process)."""
+    from workspace import make_workspace, snakemake
+
+    ws = make_workspace(tmp_path_factory.mktemp("ci") / "ws")
+    result = snakemake(ws, "--cores", "2", "--configfile=params/ci.yaml", "results/table1.csv")
+    return ws, result

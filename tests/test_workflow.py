@@ -1,5 +1,6 @@
 """The workflow end to end: lint, the paper DAG without network, a CI-sized run tracked in MLflow."""
 
+import json
 import re
 
 import pandas as pd
@@ -42,13 +43,6 @@ def test_default_profile_dry_run(tmp_path):
                                          "train_head": 6, "evaluate_head": 6, "table1": 1}
 
 
-@pytest.fixture(scope="module")
-def ci_run(tmp_path_factory):
-    ws = make_workspace(tmp_path_factory.mktemp("ci") / "ws")
-    result = snakemake(ws, "--cores", "2", "--configfile=params/ci.yaml", "results/table1.csv")
-    return ws, result
-
-
 def test_ci_run_produces_table1(ci_run):
     ws, result = ci_run
     assert result.returncode == 0, result.stderr[-5000:]
@@ -61,6 +55,10 @@ def test_ci_run_produces_table1(ci_run):
     assert table["ade20k_miou"].between(0, 100).all() and table["k400_top1"].between(0, 100).all()
     assert (ws / "checkpoints/tiny-swin-none.safetensors.sha256").exists()
     assert (ws / "runs/coco/tiny-swin-none/frozen/seed0/state.pt").exists()
+    metrics = json.loads((ws / "results" / "table1.json").read_text())  # the same numbers, for DVC metrics
+    assert metrics["tiny-swin-none"]["frozen"]["k400_top1"] == pytest.approx(table.loc[0, "k400_top1"])
+    curve = pd.read_csv(ws / "results/curves/coco/tiny-swin-none/frozen/seed0.csv")
+    assert curve["step"].tolist() == [2, 4, 6] and {"loss", "lr", "loss_mask"} <= set(curve.columns)
 
 
 def test_second_run_does_nothing(ci_run):

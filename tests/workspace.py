@@ -10,7 +10,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "params", "profiles", "envs")
+DVC_FILES = ("src", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore")
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+DVC = str(Path(sys.executable).parent / "dvc")
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "frozenrep tests", "GIT_AUTHOR_EMAIL": "tests@frozenrep.invalid",
+                "GIT_COMMITTER_NAME": "frozenrep tests", "GIT_COMMITTER_EMAIL": "tests@frozenrep.invalid"}
 
 
 def make_workspace(root: Path) -> Path:
@@ -21,12 +25,45 @@ def make_workspace(root: Path) -> Path:
     return root
 
 
-def snakemake(workspace: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def make_dvc_workspace(root: Path, profile: str, remote: Path) -> Path:
+    """A workspace that is also a git + DVC repository running ``profile``, with a local remote."""
+    make_workspace(root)
+    for name in DVC_FILES:
+        src, dst = REPO / name, root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(src, dst)
+    (root / "params" / "dvc-profile.yaml").write_text(f"profile: {profile}\n")
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "workspace"]):
+        subprocess.run(command, cwd=root, env={**os.environ, **GIT_IDENTITY}, check=True, capture_output=True)
+    result = dvc(root, "remote", "modify", "--local", "local", "url", str(remote))
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def dvc(workspace: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([DVC, *args], cwd=workspace, env={**tool_env(workspace), **GIT_IDENTITY},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def git(workspace: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=workspace, env={**os.environ, **GIT_IDENTITY}, capture_output=True,
+                          text=True, check=True)
+
+
+def tool_env(workspace: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'mlruns.db'}")
     # Anything that tried to reach the network would go to a closed loopback port and fail.
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         env[var] = "http://127.0.0.1:9"
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    return subprocess.run([SNAKEMAKE, *args], cwd=workspace, env=env, capture_output=True, text=True,
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def snakemake(workspace: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([SNAKEMAKE, *args], cwd=workspace, env=tool_env(workspace), capture_output=True, text=True,
                           timeout=timeout)

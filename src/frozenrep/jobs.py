@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from frozenrep.backbones import build_backbone, trainable_state_dict
 from frozenrep.checkpoints import CheckpointEntry
-from frozenrep.io import atomic_path, file_digest, write_json_atomic
+from frozenrep.io import atomic_path, file_digest, write_json_atomic, write_text_atomic
 from frozenrep.progress import log
 from frozenrep.tasks import dataclass_from, get_task
 from frozenrep.tracking import flatten, git_commit, resolve_uri, run_name, tracked_run
@@ -60,8 +60,9 @@ def prepare_job(spec: dict[str, Any], checkpoint: Path, manifest: Path):
     return task, device, train_set, val_set, build_model(spec, checkpoint, train_set)
 
 
-def run_training(spec: dict[str, Any], checkpoint: Path, manifest: Path, out_head: Path) -> None:
-    """Train the task head; write ``out_head`` (safetensors) atomically when done."""
+def run_training(spec: dict[str, Any], checkpoint: Path, manifest: Path, out_head: Path,
+                 out_curve: Path | None = None) -> None:
+    """Train the task head; write ``out_head`` (safetensors) and ``out_curve`` (CSV) atomically when done."""
     task, device, train_set, _, model = prepare_job(spec, checkpoint, manifest)
     cfg = dataclass_from(TrainConfig, spec["task_config"]["train"], f"{spec['task']}.train")
     run_dir = out_head.parent
@@ -78,7 +79,7 @@ def run_training(spec: dict[str, Any], checkpoint: Path, manifest: Path, out_hea
               "total_params": sum(p.numel() for p in model.parameters())}
     with tracked_run(resolve_uri(tracking.get("uri")), spec["study"], name,
                      job_tags(spec, checkpoint, manifest, "train"), params, resume_run_id=resume_id) as run:
-        state_file.write_text(f"{fingerprint} {run.run_id}\n")
+        write_text_atomic(state_file, f"{fingerprint} {run.run_id}\n")
         run.log_dict({k: v for k, v in spec.items() if k != "tracking"}, "config.json")  # the resolved job config
         start = time.monotonic()
         result = train(model, train_set, task.collate, task.loss, cfg, run_dir, seed=spec["seed"],
@@ -88,8 +89,19 @@ def run_training(spec: dict[str, Any], checkpoint: Path, manifest: Path, out_hea
         with atomic_path(out_head) as tmp:
             save_file(state, str(tmp), metadata={"fingerprint": fingerprint, "mlflow_run_id": run.run_id,
                                                  "steps": str(result["step"])})
+        if out_curve is not None:
+            write_curve(result["curve"], out_curve)
         log.info("%s: %d steps, final loss %.4f, %d trainable parameters -> %s", name, result["step"],
                  result["losses"].get("loss", float("nan")), trainable, out_head)
+
+
+def write_curve(curve: list[dict[str, float]], out: Path) -> None:
+    """The training curve as CSV, one row per logged step (``step``, ``loss``, loss terms, ``lr``)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(curve).rename(columns=lambda c: c.removeprefix("train/"))
+    with atomic_path(out) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head: Path, out_metrics: Path) -> None:

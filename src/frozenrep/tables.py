@@ -13,7 +13,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from frozenrep.io import atomic_path
+from frozenrep.io import atomic_path, write_json_atomic
 
 KEY_COLUMNS = ["backbone", "pretraining", "mode"]
 
@@ -56,3 +56,13 @@ def write_table(table: pd.DataFrame, out: str | Path) -> None:
     """CSV with two decimals, written atomically."""
     with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.2f")
+
+
+def write_table_json(table: pd.DataFrame, out: str | Path) -> None:
+    """The same numbers nested as ``{backbone: {mode: {column: value}}}`` (DVC metrics), atomically."""
+    nested: dict[str, dict[str, dict[str, float]]] = {}
+    for row in table.to_dict("records"):
+        cells = {k: (round(float(v), 2) if k != "seeds" else int(v)) for k, v in row.items()
+                 if k not in KEY_COLUMNS and pd.notna(v)}
+        nested.setdefault(row["backbone"], {})[row["mode"]] = cells
+    write_json_atomic(out, nested)

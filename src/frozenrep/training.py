@@ -135,7 +135,8 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
     """Train ``model`` for ``cfg.steps`` steps, resuming from ``run_dir/state.pt`` when it matches.
 
     ``fingerprint`` identifies the job (config + checkpoint); a state file written under another
-    fingerprint is stale and ignored. Returns ``{"step", "losses"}`` of the last step.
+    fingerprint is stale and ignored. Returns ``{"step", "losses", "curve"}``: the last step's losses
+    and every logged point (``step``, losses, ``lr``) since step 0, resumed runs included.
     """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run_dir = Path(run_dir)
@@ -146,6 +147,7 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start = 0
+    curve: list[dict[str, float]] = []
     state_path = run_dir / STATE_FILE
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -165,6 +167,7 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
             scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["rng"])
             start = int(state["step"])
+            curve = list(state.get("curve", []))
             log.info("resuming %s from step %d/%d", run_dir, start, cfg.steps)
     if start == 0:
         torch.manual_seed(seed)
@@ -176,7 +179,8 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
     def snapshot(step: int) -> dict[str, Any]:
         return {"step": step, "fingerprint": fingerprint, "model": trainable_state_dict(model),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "config": asdict(cfg)}
+                "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "config": asdict(cfg),
+                "curve": curve}
 
     model.train()
     losses: dict[str, float] = {}
@@ -202,15 +206,17 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
             step += 1
             losses = {"loss": loss.item(), **{k: v.item() for k, v in loss_dict.items()}}
             progress.update(1, loss=losses["loss"])
-            if logger is not None and (step % cfg.log_every == 0 or step == cfg.steps):
-                logger.log_metrics({**{f"train/{k}": v for k, v in losses.items()},
-                                    "train/lr": scheduler.get_last_lr()[0]}, step)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                point = {**{f"train/{k}": v for k, v in losses.items()}, "train/lr": scheduler.get_last_lr()[0]}
+                curve.append({"step": step, **point})
+                if logger is not None:
+                    logger.log_metrics(point, step)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 state = snapshot(step)
                 save_state(state_path, state)
                 if on_state is not None:
                     on_state(state)
-    return {"step": step, "losses": losses}
+    return {"step": step, "losses": losses, "curve": curve}
 
 
 def fingerprint_of(*parts: Any) -> str:
