@@ -66,7 +66,8 @@ def manifest(root, spec):
 
 def train_cmd(root, spec, out):
     return [PYTHON, str(REPO / "workflow_scripts/train.py"), "--spec", json.dumps(spec), "--checkpoint",
-            str(root / "tiny.safetensors"), "--manifest", manifest(root, spec), "--out", str(out)]
+            str(root / "tiny.safetensors"), "--manifest", manifest(root, spec), "--out", str(out),
+            "--curve", str(out.parent / "curve.csv")]
 
 
 def evaluate(root, spec, head, out):
@@ -106,6 +107,8 @@ def test_sigkill_at_a_random_step_then_rerun_gives_the_same_head_and_metrics(job
 
     a, b = load_file(str(whole)), load_file(str(killed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the loss curve survives the kill too: every logged step, the same values
+    assert (whole.parent / "curve.csv").read_bytes() == (killed.parent / "curve.csv").read_bytes()
     assert evaluate(root, spec, whole, tmp_path / "whole.json") == evaluate(root, spec, killed, tmp_path / "killed.json")
 
 

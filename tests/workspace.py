@@ -54,7 +54,9 @@ def git(workspace: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def tool_env(workspace: Path) -> dict[str, str]:
+    """The environment of an activated venv (DVC stages call `snakemake` by name), with no network."""
     env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'mlruns.db'}")
     # Anything that tried to reach the network would go to a closed loopback port and fail.
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
