@@ -1,4 +1,5 @@
-# Backbone checkpoints: create the embedded default's tiny backbones, fetch and verify every one.
+# Backbone checkpoints: create (random init or pretrain) the embedded default's tiny backbones,
+# fetch and verify every one.
 
 
 rule all_checkpoints:
@@ -14,16 +15,21 @@ rule create_local_backbone:
         sha="checkpoints/local/{name}.safetensors.sha256",
     params:
         entry=creatable_entry_json,
+        tracking=json.dumps(config["tracking"], sort_keys=True),
+        study=config["study"],
     log:
         "logs/checkpoints/create_{name}.log",
+    benchmark:
+        "logs/benchmark/checkpoints/create_{name}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=3000,
+        runtime=60,
     conda:
         "../envs/frozenrep.yaml"
     shell:
-        "python workflow_scripts/create_backbone.py --entry {params.entry:q} --out {output.ckpt:q} 2> {log:q}"
+        "python workflow_scripts/create_backbone.py --entry {params.entry:q} --out {output.ckpt:q}"
+        " --tracking {params.tracking:q} --study {params.study:q} --threads {threads} 2> {log:q}"
 
 
 rule fetch_checkpoint:

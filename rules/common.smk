@@ -97,6 +97,20 @@ def task_resource(key):
     return get
 
 
+def train_processes(task):
+    """Processes of one training job: `resources.processes`, else one per GPU (at least one)."""
+    resources = config[task]["resources"]
+    return resources.get("processes") or max(resources["gpus"], 1)
+
+
+def train_launcher(wildcards):
+    """`python`, or torchrun with one process per GPU (or per `processes`) for data-parallel training."""
+    processes = train_processes(wildcards.task)
+    if processes == 1:
+        return "python"
+    return f"torchrun --standalone --nproc_per_node={processes}"
+
+
 def eval_gpus(wildcards):
     """Evaluation runs in one process: at most one GPU."""
     return min(config[wildcards.task]["resources"]["gpus"], 1)
@@ -108,6 +122,12 @@ def task_threads(wildcards):
 
 def metrics_path(task, backbone, mode, seed):
     return f"results/metrics/{task}/{backbone}/{mode}/seed{seed}.json"
+
+
+def table_title(wildcards=None):
+    """Caption of results/table1.md and .png: the study and its seed count."""
+    seeds = config["seeds"]
+    return f"{config['study']}: {seeds} seed{'s' if seeds > 1 else ''} per cell" + (", mean ± std" if seeds > 1 else "")
 
 
 def get_table_inputs():

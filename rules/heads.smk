@@ -9,6 +9,7 @@ rule train_head:
         curve="results/curves/{task}/{backbone}/{mode}/seed{seed}.csv",
     params:
         spec=job_spec,
+        launcher=train_launcher,
     log:
         "logs/train/{task}/{backbone}/{mode}/seed{seed}.log",
     benchmark:
@@ -21,7 +22,7 @@ rule train_head:
     conda:
         "../envs/frozenrep.yaml"
     shell:
-        "python workflow_scripts/train.py --spec {params.spec:q} --checkpoint {input.checkpoint:q}"
+        "{params.launcher} workflow_scripts/train.py --spec {params.spec:q} --checkpoint {input.checkpoint:q}"
         " --manifest {input.manifest:q} --out {output.head:q} --curve {output.curve:q} --threads {threads}"
         " 2> {log:q}"
 

@@ -105,6 +105,16 @@ def tiny_entry(registry):
 
 
 @pytest.fixture(scope="session")
+def job_root(tmp_path_factory, tiny_entry):
+    """A directory holding the tiny backbone as ``tiny.safetensors``; job datasets are generated beside it."""
+    from frozenrep.local_backbones import create_local_backbone
+
+    root = tmp_path_factory.mktemp("jobs")
+    create_local_backbone(tiny_entry, root / "tiny.safetensors")
+    return root, tiny_entry
+
+
+@pytest.fixture(scope="session")
 def tiny_coco(tmp_path_factory):
     """A small generated COCO dataset (64-px images), shared by the tests that only read it."""
     from frozenrep.data import coco

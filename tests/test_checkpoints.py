@@ -156,3 +156,57 @@ def test_pin_writes_hash_into_registry_and_keeps_comments(params_dir):
     assert text.count(digest) == 1 and "# --- Paper backbones" in text
     entries = load_registry(registry)
     assert entries["swin-b-in22k"].sha256 == digest and entries["swin-b-in1k"].sha256 is None
+
+
+def simmim_official_state(model: torch.nn.Module) -> dict:
+    """A SimMIM pretraining checkpoint as Microsoft releases it: the official-format backbone under
+    ``encoder.`` (with its mask token) beside the one-layer pixel decoder."""
+    backbone = official_swin_state(model)["model"]
+    state = {f"encoder.{k}": v for k, v in backbone.items()}
+    state["encoder.mask_token"] = torch.zeros(1, 1, model.embed_dim)
+    state["decoder.0.weight"] = torch.randn(32 * 32 * 3, model.num_features, 1, 1)
+    state["decoder.0.bias"] = torch.zeros(32 * 32 * 3)
+    return {"model": state}
+
+
+def test_swinv2_b_simmim_download_keeps_the_encoder_only(http_server, tmp_path):
+    registry = load_registry("params/checkpoints.yaml")
+    torch.manual_seed(0)
+    model = timm.create_model(registry["swinv2-b-simmim"].arch, pretrained=False, num_classes=0)
+    buffer = io.BytesIO()
+    torch.save(simmim_official_state(model), buffer)
+    url = http_server.add("/simmim_swinv2_pretrain_models/swinv2_base_1k_500k.pth", buffer.getvalue())
+    entry = replace(registry["swinv2-b-simmim"], source=url)
+    dest = tmp_path / "swinv2-b-simmim.pth"
+    fetch_checkpoint(entry, dest, backoff=0.01)
+    loaded = load_into_model(entry, dest)  # strict: no decoder, no mask token, nothing missing
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with pytest.raises(CheckpointError, match="no keys under 'backbone.'"):
+        load_into_model(replace(entry, key_prefix="backbone."), dest)
+
+
+def test_swin_b_simmim_is_placed_by_hand_and_checked(tmp_path):
+    entry = load_registry("params/checkpoints.yaml")["swin-b-simmim"]
+    placed = tmp_path / "manual" / "simmim_pretrain__swin_base__img192_window6__800ep.pth"
+    entry = replace(entry, source=f"file://{placed}")
+    with pytest.raises(CheckpointError) as err:
+        fetch_checkpoint(entry, tmp_path / "swin-b-simmim.pth")
+    assert "https://github.com/microsoft/SimMIM" in str(err.value) and str(placed) in str(err.value)
+    assert not (tmp_path / "swin-b-simmim.pth").exists()
+
+    placed.parent.mkdir()
+    wrong = timm.create_model(ARCH, pretrained=False)  # supervised Swin-B at window 7: another checkpoint
+    torch.save(official_swin_state(wrong), placed)
+    with pytest.raises(CheckpointError, match="is not that checkpoint"):
+        fetch_checkpoint(entry, tmp_path / "swin-b-simmim.pth")
+    assert not (tmp_path / "swin-b-simmim.pth").exists()
+
+    torch.manual_seed(0)
+    model = timm.create_model(entry.arch, pretrained=False, num_classes=0, **entry.arch_kwargs)
+    torch.save(simmim_official_state(model), placed)
+    digest = fetch_checkpoint(entry, tmp_path / "swin-b-simmim.pth")
+    assert digest == hashlib.sha256(placed.read_bytes()).hexdigest()
+    loaded = load_into_model(entry, tmp_path / "swin-b-simmim.pth").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    assert build_backbone(entry, tmp_path / "swin-b-simmim.pth").channels == [128, 256, 512, 1024]

@@ -12,52 +12,19 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from frozenrep.checkpoints import load_registry
 from frozenrep.config import DATASET_OF_TASK
-from frozenrep.data import dataset_module, write_manifest
-from frozenrep.local_backbones import create_local_backbone
-from workspace import REPO, make_workspace, snakemake
+from workspace import REPO, job_spec, make_workspace, snakemake
 
 PYTHON = sys.executable
 
 
-def resolved_profile(name="ci.yaml"):
-    from snakemake.utils import validate
-
-    config = yaml.safe_load((REPO / "params" / name).read_text())
-    validate(config, str(REPO / "params/schemas/config.schema.yaml"), set_default=True)
-    return config
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    """The tiny backbone checkpoint, made once for every task."""
-    root = tmp_path_factory.mktemp("faults")
-    entry = load_registry(REPO / "params/checkpoints.yaml")["tiny-swin-none"]
-    create_local_backbone(entry, root / "tiny.safetensors")
-    return root, entry
-
-
 @pytest.fixture(scope="module", params=list(DATASET_OF_TASK))
-def job_inputs(request, backbone):
+def job_inputs(request, job_root):
     """For one task: its CI-sized dataset with manifest beside the backbone, and a 16-step job spec."""
-    root, entry = backbone
-    task = request.param
-    config = resolved_profile()
-    dataset = DATASET_OF_TASK[task]
-    if not (root / f"{dataset}.manifest.json").exists():
-        module = dataset_module(dataset)
-        module.generate(root / dataset, **config["datasets"][dataset]["generate"])
-        write_manifest(root / f"{dataset}.manifest.json", dataset, module.verify_layout(root / dataset), "generate")
-    task_config = {k: v for k, v in config[task].items() if k != "resources"}
-    task_config["train"].update(steps=16, checkpoint_every=2, log_every=2)
-    spec = {"study": "faults", "task": task, "backbone": "tiny-swin-none", "mode": "frozen", "seed": 0,
-            "entry": entry.__dict__, "task_config": task_config, "device": "cpu",
-            "tracking": {"uri": f"sqlite:///{root / 'mlruns.db'}"}}
-    return root, spec
+    root, entry = job_root
+    return root, job_spec(root, entry, request.param, "faults", steps=16, checkpoint_every=2, log_every=2)
 
 
 def manifest(root, spec):

@@ -23,11 +23,15 @@ def test_lint_is_clean():
 
 def test_paper_profile_dry_run_lists_the_whole_dag_offline(tmp_path):
     ws = make_workspace(tmp_path / "ws")
-    result = snakemake(ws, "-n", "--configfile=params/paper.yaml", "results/table1.csv")
+    result = snakemake(ws, "-n", "-p", "--configfile=params/paper.yaml", "results/table1.csv")
     assert result.returncode == 0, result.stdout + result.stderr
-    # 3 tasks x 4 official backbones x (frozen, finetune) x 1 seed
-    assert job_counts(result.stdout) == {"prepare_dataset": 3, "fetch_checkpoint": 4, "train_head": 24,
-                                         "evaluate_head": 24, "table1": 1}
+    # 3 tasks x 6 official backbones x (frozen, finetune) x 1 seed
+    assert job_counts(result.stdout) == {"prepare_dataset": 3, "fetch_checkpoint": 6, "train_head": 36,
+                                         "evaluate_head": 36, "table1": 1}
+    # every training job runs data-parallel on its node's 8 GPUs; evaluation in one process on one GPU
+    assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/train.py") == 36
+    assert result.stdout.count("python workflow_scripts/evaluate.py") == 36
+    assert "checkpoints/swin-b-simmim.pth" in result.stdout and "checkpoints/swinv2-b-simmim.pth" in result.stdout
     assert "checkpoints/swinv2-l-in22k.pth" in result.stdout
     assert "results/metrics/ade20k/swin-b-in22k/frozen/seed0.json" in result.stdout
     assert "data/ade20k.manifest.json" in result.stdout and "data/k400.manifest.json" in result.stdout
@@ -39,8 +43,11 @@ def test_default_profile_dry_run(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     result = snakemake(ws, "-n", "results/table1.csv")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert job_counts(result.stdout) == {"create_local_backbone": 1, "fetch_checkpoint": 1, "prepare_dataset": 3,
-                                         "train_head": 6, "evaluate_head": 6, "table1": 1}
+    # 4 pretrainings (none = random init) x 3 tasks x (frozen, finetune) x 1 seed
+    assert job_counts(result.stdout) == {"create_local_backbone": 4, "fetch_checkpoint": 4, "prepare_dataset": 3,
+                                         "train_head": 24, "evaluate_head": 24, "table1": 1}
+    three_seeds = snakemake(ws, "-n", "results/table1.csv", "--config", "seeds=3")
+    assert job_counts(three_seeds.stdout)["train_head"] == 72 and job_counts(three_seeds.stdout)["evaluate_head"] == 72
 
 
 def test_ci_run_produces_table1(ci_run):
@@ -57,6 +64,9 @@ def test_ci_run_produces_table1(ci_run):
     assert (ws / "runs/coco/tiny-swin-none/frozen/seed0/state.pt").exists()
     metrics = json.loads((ws / "results" / "table1.json").read_text())  # the same numbers, for DVC metrics
     assert metrics["tiny-swin-none"]["frozen"]["k400_top1"] == pytest.approx(table.loc[0, "k400_top1"])
+    markdown = (ws / "results" / "table1.md").read_text()
+    assert markdown.startswith("ci: 1 seed per cell") and f"{table.loc[0, 'k400_top1']:.2f}" in markdown
+    assert (ws / "results" / "table1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curve = pd.read_csv(ws / "results/curves/coco/tiny-swin-none/frozen/seed0.csv")
     assert curve["step"].tolist() == [2, 4, 6] and {"loss", "lr", "loss_mask"} <= set(curve.columns)
 

@@ -69,3 +69,32 @@ def tool_env(workspace: Path) -> dict[str, str]:
 def snakemake(workspace: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run([SNAKEMAKE, *args], cwd=workspace, env=tool_env(workspace), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def resolved_profile(name: str = "ci.yaml") -> dict:
+    """A profile as the workflow sees it: validated, with the schema's defaults filled in."""
+    import yaml
+    from snakemake.utils import validate
+
+    config = yaml.safe_load((REPO / "params" / name).read_text())
+    validate(config, str(REPO / "params/schemas/config.schema.yaml"), set_default=True)
+    return config
+
+
+def job_spec(root: Path, entry, task: str, study: str, **train) -> dict:
+    """A training/evaluation job spec for ``task`` on the CI profile, its dataset generated under
+    ``root`` (once) with its manifest beside it; ``train`` overrides keys of the task's train block."""
+    from frozenrep.config import DATASET_OF_TASK
+    from frozenrep.data import dataset_module, write_manifest
+
+    config = resolved_profile()
+    dataset = DATASET_OF_TASK[task]
+    if not (root / f"{dataset}.manifest.json").exists():
+        module = dataset_module(dataset)
+        module.generate(root / dataset, **config["datasets"][dataset]["generate"])
+        write_manifest(root / f"{dataset}.manifest.json", dataset, module.verify_layout(root / dataset), "generate")
+    task_config = {k: v for k, v in config[task].items() if k != "resources"}
+    task_config["train"].update(train)
+    return {"study": study, "task": task, "backbone": entry.name, "mode": "frozen", "seed": 0,
+            "entry": entry.__dict__, "task_config": task_config, "device": "cpu",
+            "tracking": {"uri": f"sqlite:///{root / 'mlruns.db'}"}}

@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from frozenrep.checkpoints import CheckpointEntry, fetch_checkpoint
+from frozenrep.checkpoints import CheckpointEntry, CheckpointError, fetch_checkpoint
 from frozenrep.download import DownloadError
 from frozenrep.progress import setup_logging
 
@@ -17,5 +17,5 @@ setup_logging()
 entry = CheckpointEntry.from_dict(json.loads(args.entry))
 try:
     fetch_checkpoint(entry, args.out, retries=args.retries)
-except DownloadError as err:
+except (DownloadError, CheckpointError) as err:
     sys.exit(f"error: checkpoint {entry.name}: {err}")

@@ -1,4 +1,7 @@
-"""Train one task head (task x backbone x mode x seed); resumes from the run directory's state."""
+"""Train one task head (task x backbone x mode x seed); resumes from the run directory's state.
+
+Run it with ``torchrun --nproc_per_node=N`` to train data-parallel on N GPUs (or N CPU processes).
+"""
 
 import argparse
 import json
@@ -18,4 +21,10 @@ parser.add_argument("--threads", type=int, default=1)
 args = parser.parse_args()
 setup_logging()
 set_threads(args.threads)
-run_training(json.loads(args.spec), args.checkpoint, args.manifest, args.out, args.curve)
+try:
+    run_training(json.loads(args.spec), args.checkpoint, args.manifest, args.out, args.curve)
+finally:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

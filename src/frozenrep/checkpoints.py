@@ -46,6 +46,8 @@ class CheckpointEntry:
     sha256: str | None = None
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     drop_keys: tuple[str, ...] = ()
+    key_prefix: str = ""
+    manual: str = ""
     create: dict[str, Any] | None = None
     input_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     input_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -115,8 +117,25 @@ def expected_sha256(entry: CheckpointEntry) -> str | None:
 
 
 def fetch_checkpoint(entry: CheckpointEntry, dest: str | Path, **kwargs: Any) -> str:
-    """Fetch and verify one checkpoint; write ``<dest>.sha256``; return the sha256."""
+    """Fetch and verify one checkpoint; write ``<dest>.sha256``; return the sha256.
+
+    A ``manual`` entry's file is put in place by a person (its host needs a browser): when it is
+    missing the error says where to get it and where to put it; when it is there it must load
+    strictly into the entry's architecture before it is copied.
+    """
     dest = Path(dest)
+    if entry.manual:
+        placed = local_source_path(entry.source)
+        if not placed.is_file():
+            raise CheckpointError(
+                f"registry entry {entry.name} is downloaded by hand: get it from {entry.manual} "
+                f"(a browser is needed), save it as {placed.resolve()} and run the workflow again."
+                + (f" {entry.note}" if entry.note else ""))
+        try:
+            load_into_model(entry, placed)
+        except CheckpointError as err:
+            raise CheckpointError(f"{placed} was put in place for registry entry {entry.name} but is not that "
+                                  f"checkpoint (get it again from {entry.manual}):\n{err}") from err
     expected = expected_sha256(entry)
     digest = fetch(resolve_source(entry), dest, sha256=expected, **kwargs)
     if expected is None:
@@ -207,6 +226,12 @@ def load_into_model(entry: CheckpointEntry, path: str | Path, **overrides: Any) 
     extractor built from the model drops it.
     """
     state = read_state_dict(path)
+    if entry.key_prefix:
+        inner = {k[len(entry.key_prefix):]: v for k, v in state.items() if k.startswith(entry.key_prefix)}
+        if not inner:
+            raise CheckpointError(f"checkpoint {path} has no keys under {entry.key_prefix!r} (registry entry "
+                                  f"{entry.name}, key_prefix); its keys start {sorted(state)[:5]}.")
+        state = inner
     if entry.drop_keys:
         state = {k: v for k, v in state.items() if not any(re.search(p, k) for p in entry.drop_keys)}
     head = state.get("head.fc.weight", state.get("head.weight"))

@@ -27,6 +27,24 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def start_distributed(name: str = "auto") -> tuple[torch.device, int]:
+    """Under torchrun (``WORLD_SIZE`` > 1) join the process group, NCCL on GPUs and gloo on the CPU;
+    return this rank's device and its rank (``(device, 0)`` in a plain process)."""
+    import os
+
+    import torch.distributed as dist
+
+    device = pick_device(name)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device, 0
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, dist.get_rank()
+
+
 def checkpoint_sha256(checkpoint: Path) -> str:
     sidecar = Path(str(checkpoint) + ".sha256")
     return sidecar.read_text().split()[0] if sidecar.exists() else file_digest(checkpoint)
@@ -51,10 +69,10 @@ def job_fingerprint(spec: dict[str, Any], checkpoint: Path) -> str:
     return fingerprint_of({k: v for k, v in spec.items() if k != "tracking"}, checkpoint_sha256(checkpoint))
 
 
-def prepare_job(spec: dict[str, Any], checkpoint: Path, manifest: Path):
+def prepare_job(spec: dict[str, Any], checkpoint: Path, manifest: Path, device: torch.device | None = None):
     """What both jobs start from: the task, the device, both splits and the model on the backbone."""
     task = get_task(spec["task"])
-    device = pick_device(spec.get("device", "auto"))
+    device = device or pick_device(spec.get("device", "auto"))
     root = Path(json.loads(Path(manifest).read_text())["root"])
     train_set, val_set = task.datasets(root, spec["task_config"])
     return task, device, train_set, val_set, build_model(spec, checkpoint, train_set)
@@ -62,11 +80,20 @@ def prepare_job(spec: dict[str, Any], checkpoint: Path, manifest: Path):
 
 def run_training(spec: dict[str, Any], checkpoint: Path, manifest: Path, out_head: Path,
                  out_curve: Path | None = None) -> None:
-    """Train the task head; write ``out_head`` (safetensors) and ``out_curve`` (CSV) atomically when done."""
-    task, device, train_set, _, model = prepare_job(spec, checkpoint, manifest)
+    """Train the task head; write ``out_head`` (safetensors) and ``out_curve`` (CSV) atomically when done.
+
+    Under torchrun every rank trains its share of each batch; rank 0 alone tracks the run and
+    writes files.
+    """
+    device, rank = start_distributed(spec.get("device", "auto"))
+    task, device, train_set, _, model = prepare_job(spec, checkpoint, manifest, device)
     cfg = dataclass_from(TrainConfig, spec["task_config"]["train"], f"{spec['task']}.train")
     run_dir = out_head.parent
     fingerprint = job_fingerprint(spec, checkpoint)
+    if rank != 0:
+        train(model, train_set, task.collate, task.loss, cfg, run_dir, seed=spec["seed"], fingerprint=fingerprint,
+              device=device)
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     state_file = run_dir / "mlflow_run_id"  # "<fingerprint> <run id>": a resumed job continues its run
     saved = state_file.read_text().split() if state_file.exists() else []

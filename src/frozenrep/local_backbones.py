@@ -1,7 +1,12 @@
-"""Backbones made on this machine for the embedded default (registered like any downloaded one)."""
+"""Backbones made on this machine for the embedded default (registered like any downloaded one).
+
+A registry entry's ``create`` block says how: ``init: random`` (the ``none`` row), or a
+pretraining recipe of :mod:`frozenrep.pretraining` (``supervised``, ``simmim``).
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,27 +18,63 @@ from frozenrep.io import atomic_path, file_digest, write_text_atomic
 from frozenrep.progress import log
 
 
-def create_local_backbone(entry: dict[str, Any] | CheckpointEntry, out: str | Path) -> str:
+def pretrain(entry: CheckpointEntry, state_dir: Path, tracking: dict[str, Any] | None = None,
+             study: str = "pretraining", device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """Run the entry's pretraining recipe (resumable from ``state_dir``); return the backbone's weights."""
+    from frozenrep.pretraining import (LabelledImages, Recipe, build_pretrainer, classification_accuracy,
+                                       collate, simmim_loss, supervised_loss)
+    from frozenrep.tasks import dataclass_from
+    from frozenrep.tracking import flatten, resolve_uri, tracked_run
+    from frozenrep.training import TrainConfig, fingerprint_of, train
+
+    recipe = Recipe.of(entry)
+    cfg = dataclass_from(TrainConfig, recipe.train, f"registry entry {entry.name}: create.train")
+    dataset = LabelledImages(recipe.images, entry.input_mean, entry.input_std).materialise()
+    torch.manual_seed(recipe.seed)
+    model = build_pretrainer(entry, recipe)
+    loss_fn = supervised_loss if recipe.init == "supervised" else simmim_loss
+    fingerprint = fingerprint_of(entry.__dict__)
+    tags = {"task": "pretrain", "backbone": entry.name, "pretraining": recipe.init, "seed": recipe.seed}
+    params = {**flatten("", entry.create), "arch": entry.arch}
+    with tracked_run(resolve_uri((tracking or {}).get("uri")), study, f"pretrain/{entry.name}", tags, params) as run:
+        start = time.monotonic()
+        result = train(model, dataset, collate, loss_fn, cfg, state_dir, seed=recipe.seed, fingerprint=fingerprint,
+                       logger=run, device=device)
+        summary = {"pretrain/seconds": time.monotonic() - start, **{f"pretrain/{k}": v for k, v in result["losses"].items()}}
+        if recipe.init == "supervised":
+            summary["pretrain/heldout_top1"] = classification_accuracy(model, dataset)
+        run.log_metrics(summary, result["step"])
+    log.info("pretrained %s (%s, %d steps): %s", entry.name, recipe.init, result["step"],
+             ", ".join(f"{k.split('/')[1]} {v:.4g}" for k, v in summary.items()))
+    return {k: v.detach().cpu().contiguous() for k, v in model.backbone_state_dict().items()}
+
+
+def create_local_backbone(entry: dict[str, Any] | CheckpointEntry, out: str | Path,
+                          tracking: dict[str, Any] | None = None, study: str = "pretraining") -> str:
     """Write the entry's backbone weights to ``out`` (safetensors) and ``<out>.sha256``; return the hash.
 
-    ``create.init: random`` is a seeded random initialisation (the ``none`` pretraining row).
+    ``create.init: random`` is a seeded random initialisation; ``supervised`` and ``simmim``
+    pretrain first (their resumable state lives in ``<out stem>.pretrain/`` beside ``out``).
     """
+    from frozenrep.pretraining import Recipe
+
     if isinstance(entry, dict):
         entry = CheckpointEntry.from_dict(entry)
-    recipe = entry.create or {}
-    init = recipe.get("init", "random")
-    if init != "random":
-        raise ValueError(f"registry entry {entry.name}: create.init {init!r} is not supported; use random")
-    torch.manual_seed(int(recipe.get("seed", 0)))
-    model = create_model(entry)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    recipe = Recipe.of(entry)
     out = Path(out)
+    if recipe.init == "random":
+        torch.manual_seed(recipe.seed)
+        model = create_model(entry)
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    else:
+        torch.manual_seed(recipe.seed)
+        state = pretrain(entry, out.with_name(out.name.split(".")[0] + ".pretrain"), tracking, study)
     with atomic_path(out) as tmp:
         # No metadata: safetensors writes its keys in hash order, which would make the bytes (and the
         # sha256 that the registry checks) differ from run to run.
         save_file(state, str(tmp))
     digest = file_digest(out)
     write_text_atomic(str(out) + ".sha256", f"{digest}  {out.name}\n")
-    log.info("created %s (%s, %d parameters): sha256 %s", out, entry.arch,
+    log.info("created %s (%s, %s, %d parameters): sha256 %s", out, entry.arch, recipe.init,
              sum(v.numel() for v in state.values()), digest)
     return digest

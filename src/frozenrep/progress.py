@@ -27,22 +27,28 @@ def on_terminal() -> bool:
 
 
 class Progress:
-    """A progress bar that degrades to a log line every ``log_every`` seconds when not on a terminal."""
+    """A progress bar that degrades to a log line every ``log_every`` seconds when not on a terminal.
+
+    ``enabled=False`` counts silently (the other ranks of a distributed job).
+    """
 
     def __init__(self, total: float | None, desc: str, unit: str = "it", initial: float = 0,
-                 unit_scale: bool = False, log_every: float = 10.0) -> None:
+                 unit_scale: bool = False, log_every: float = 10.0, enabled: bool = True) -> None:
         self.total, self.desc, self.unit = total, desc, unit
+        self.enabled = enabled
         self.n = initial
         self._start_n = initial
         self._start = self._last = time.monotonic()
         self._log_every = log_every
         self._postfix: dict[str, Any] = {}
         self._bar = (tqdm(total=total, desc=desc, unit=unit, initial=initial, unit_scale=unit_scale,
-                          dynamic_ncols=True, file=sys.stderr) if on_terminal() else None)
+                          dynamic_ncols=True, file=sys.stderr) if enabled and on_terminal() else None)
 
     def update(self, n: float = 1, **postfix: Any) -> None:
         self.n += n
         self._postfix.update(postfix)
+        if not self.enabled:
+            return
         if self._bar is not None:
             if postfix:
                 self._bar.set_postfix(postfix, refresh=False)
@@ -61,6 +67,8 @@ class Progress:
         log.info("%s: %s %s (%.2f %s/s) %s", self.desc, done, self.unit, rate, self.unit, extra)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         if self._bar is not None:
             self._bar.close()
         else:

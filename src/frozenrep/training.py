@@ -4,6 +4,10 @@ AdamW over the parameters that require gradients (never the frozen backbone), li
 then a cosine or step schedule, AMP on GPU, gradient clipping, and a resumable state file
 (model, optimizer, scheduler, scaler, RNG, step) written atomically every ``checkpoint_every``
 steps: a job killed at any point and run again continues where its last state left off.
+
+Under ``torchrun`` (an initialised process group) the same loop runs data-parallel: the model is
+wrapped in PyTorch's DistributedDataParallel, each step's global batch (``batch_size`` per
+process) is split between the ranks, and only rank 0 writes state files and logs metrics.
 """
 
 from __future__ import annotations
@@ -73,14 +77,20 @@ class ResumableBatchSampler(Sampler):
     """Batches for steps ``start..steps-1``; each index comes with its own augmentation seed.
 
     The sample order of epoch ``e`` depends only on ``(seed, e)``, so batch ``k`` is the same
-    whether the run started at step 0 or resumed at step ``k``.
+    whether the run started at step 0 or resumed at step ``k``. With ``world > 1`` the batch is the
+    global one and this rank yields its share (every ``world``-th sample from ``rank``), so the
+    ranks together see exactly what one process with the whole batch would.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, start: int, steps: int) -> None:
+    def __init__(self, num_samples: int, batch_size: int, seed: int, start: int, steps: int,
+                 rank: int = 0, world: int = 1) -> None:
         if num_samples == 0:
             raise TrainingError("the training set is empty")
+        if num_samples < world:
+            raise TrainingError(f"the training set has {num_samples} samples, fewer than the {world} processes")
         self.n, self.batch_size = num_samples, min(batch_size, num_samples)
         self.seed, self.start, self.steps = seed, start, steps
+        self.rank, self.world = rank, world
         self.per_epoch = self.n // self.batch_size
 
     def __len__(self) -> int:
@@ -94,7 +104,17 @@ class ResumableBatchSampler(Sampler):
                 perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
                 perm_epoch = epoch
             chunk = perm[pos * self.batch_size:(pos + 1) * self.batch_size].tolist()
-            yield [(i, (self.seed * 1_000_003 + step) * 64 + j) for j, i in enumerate(chunk)]
+            batch = [(i, (self.seed * 1_000_003 + step) * 64 + j) for j, i in enumerate(chunk)]
+            yield batch[self.rank::self.world]
+
+
+def distributed() -> tuple[int, int]:
+    """``(rank, world size)`` of the process group torchrun set up, ``(0, 1)`` without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
@@ -139,6 +159,7 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
     and every logged point (``step``, losses, ``lr``) since step 0, resumed runs included.
     """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = distributed()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
@@ -172,9 +193,16 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
     if start == 0:
         torch.manual_seed(seed)
 
-    sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, seed, start, cfg.steps)
+    sampler = ResumableBatchSampler(len(dataset), cfg.batch_size * world, seed, start, cfg.steps, rank, world)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers,
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))
+    forward_model: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Heads can leave parameters out of a step's graph (auxiliary outputs, empty ROI batches).
+        forward_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                find_unused_parameters=True)
 
     def snapshot(step: int) -> dict[str, Any]:
         return {"step": step, "fingerprint": fingerprint, "model": trainable_state_dict(model),
@@ -185,11 +213,11 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
     model.train()
     losses: dict[str, float] = {}
     step = start
-    with Progress(cfg.steps, f"train {run_dir}", unit="step", initial=start) as progress:
+    with Progress(cfg.steps, f"train {run_dir}", unit="step", initial=start, enabled=rank == 0) as progress:
         for batch in loader:
             batch = to_device(batch, device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss_dict = loss_fn(model, batch)
+                loss_dict = loss_fn(forward_model, batch)
                 loss = sum(loss_dict.values())
             if not torch.isfinite(loss):
                 raise TrainingError(f"non-finite loss {loss.item()} at step {step} in {run_dir} "
@@ -204,19 +232,35 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
             scaler.update()
             scheduler.step()
             step += 1
-            losses = {"loss": loss.item(), **{k: v.item() for k, v in loss_dict.items()}}
+            losses = mean_over_ranks({"loss": loss.detach(), **{k: v.detach() for k, v in loss_dict.items()}}, world)
             progress.update(1, loss=losses["loss"])
             if step % cfg.log_every == 0 or step == cfg.steps:
                 point = {**{f"train/{k}": v for k, v in losses.items()}, "train/lr": scheduler.get_last_lr()[0]}
                 curve.append({"step": step, **point})
-                if logger is not None:
+                if logger is not None and rank == 0:
                     logger.log_metrics(point, step)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                state = snapshot(step)
-                save_state(state_path, state)
-                if on_state is not None:
-                    on_state(state)
+                if rank == 0:
+                    state = snapshot(step)
+                    save_state(state_path, state)
+                    if on_state is not None:
+                        on_state(state)
+                if world > 1:  # nobody runs ahead of the state a resumed job would start from
+                    import torch.distributed as dist
+
+                    dist.barrier()
     return {"step": step, "losses": losses, "curve": curve}
+
+
+def mean_over_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    """The step's losses averaged over the ranks (the global batch's loss); plain floats."""
+    if world > 1:
+        import torch.distributed as dist
+
+        stacked = torch.stack([v.float() for v in values.values()])
+        dist.all_reduce(stacked)
+        return {k: float(v) / world for k, v in zip(values, stacked)}
+    return {k: float(v) for k, v in values.items()}
 
 
 def fingerprint_of(*parts: Any) -> str:

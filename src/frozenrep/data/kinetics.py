@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 from frozenrep.data.coco import DatasetError
-from frozenrep.data.shapes import shape_polygon
+from frozenrep.data.shapes import SHAPES, shape_polygon
 from frozenrep.io import file_digest, write_text_atomic
 from frozenrep.progress import Progress, log
 
@@ -71,32 +71,45 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
 
 
 def motion_video(rng: np.random.Generator, motion: tuple[float, float], size: int, num_frames: int,
-                 fps: int) -> list[np.ndarray]:
-    """A random shape crossing a random background with the class's velocity (image widths per second;
-    a path of up to 1.5 s stays in view)."""
-    # A dark backdrop and one bright disc: appearance is the same in every video, so the class is
-    # in the motion alone (a single frame shows a disc somewhere, whatever the class).
+                 fps: int, distractors: int = 0) -> list[np.ndarray]:
+    """A bright shape (the actor) crossing a dark backdrop with the class's velocity (image widths
+    per second; a path of up to 1.5 s stays in view).
+
+    Without distractors the actor is a disc and the class is in the motion alone (one frame shows a
+    disc somewhere, whatever the class). With ``distractors`` the actor is a star and as many other
+    shapes (same colours and sizes) cross the clip in random class directions: the class is how the
+    star moves, so a model has to recognise the actor by its shape as well as follow its motion, as
+    a Kinetics action is what a particular actor does.
+    """
     plain = np.clip(40 + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
     bg = Image.fromarray(plain)
-    radius = rng.uniform(size / 9, size / 7)
-    kind = "circle"
-    colour = tuple(int(v) for v in rng.integers(200, 256, 3))
-    vx, vy = motion[0] * size / fps, motion[1] * size / fps
-    # start so that the whole path stays in view
-    span_x, span_y = abs(vx) * (num_frames - 1), abs(vy) * (num_frames - 1)
-    x0 = rng.uniform(radius + (span_x if vx < 0 else 0), size - radius - (span_x if vx > 0 else 0))
-    y0 = rng.uniform(radius + (span_y if vy < 0 else 0), size - radius - (span_y if vy > 0 else 0))
-    angle = rng.uniform(0, 2 * math.pi)
+    movers = [("circle" if distractors == 0 else "star", motion)]
+    others = [s for s in SHAPES if s not in ("star", "circle")]
+    directions = list(MOTIONS.values())[:4]
+    for _ in range(distractors):
+        movers.append((others[int(rng.integers(len(others)))], directions[int(rng.integers(len(directions)))]))
+    paths = []
+    for kind, (mx, my) in movers:
+        radius = rng.uniform(size / 9, size / 7) if distractors == 0 else rng.uniform(size / 7, size / 5.5)
+        colour = tuple(int(v) for v in rng.integers(200, 256, 3))
+        vx, vy = mx * size / fps, my * size / fps
+        # start so that the whole path stays in view
+        span_x, span_y = abs(vx) * (num_frames - 1), abs(vy) * (num_frames - 1)
+        x0 = rng.uniform(radius + (span_x if vx < 0 else 0), size - radius - (span_x if vx > 0 else 0))
+        y0 = rng.uniform(radius + (span_y if vy < 0 else 0), size - radius - (span_y if vy > 0 else 0))
+        paths.append((kind, radius, colour, vx, vy, x0, y0, rng.uniform(0, 2 * math.pi)))
     frames = []
     for t in range(num_frames):
         frame = bg.copy()
-        ImageDraw.Draw(frame).polygon(shape_polygon(kind, x0 + vx * t, y0 + vy * t, radius, angle), fill=colour)
+        draw = ImageDraw.Draw(frame)
+        for kind, radius, colour, vx, vy, x0, y0, angle in reversed(paths):  # the actor is drawn last, on top
+            draw.polygon(shape_polygon(kind, x0 + vx * t, y0 + vy * t, radius, angle), fill=colour)
         frames.append(np.asarray(frame))
     return frames
 
 
 def generate(root: str | Path, *, num_train: int, num_val: int, num_classes: int, image_size: int,
-             num_frames: int, fps: int, seed: int) -> None:
+             num_frames: int, fps: int, seed: int, distractors: int = 0) -> None:
     """Write Kinetics-layout videos whose class is the motion of a shape (deterministic by seed)."""
     labels = list(MOTIONS)[:num_classes]
     if not 2 <= num_classes <= len(MOTIONS):
@@ -113,8 +126,8 @@ def generate(root: str | Path, *, num_train: int, num_val: int, num_classes: int
                 label = labels[k % num_classes]
                 row = {"label": label, "youtube_id": f"{split[:2]}{seed:02d}{k:07d}", "time_start": "0",
                        "time_end": str(duration), "split": split, "is_cc": "0"}
-                write_video(video_path(tmp, split, row), motion_video(rng, MOTIONS[label], image_size, num_frames, fps),
-                            fps)
+                frames = motion_video(rng, MOTIONS[label], image_size, num_frames, fps, distractors)
+                write_video(video_path(tmp, split, row), frames, fps)
                 rows.append(row)
                 progress.update()
         write_csv(annotation_csv(tmp, split), rows)

@@ -108,6 +108,11 @@ class Mask2FormerSegmenter(nn.Module):
         out = self.model(pixel_values=self.normalise(images), mask_labels=mask_labels, class_labels=class_labels)
         return {"loss_mask2former": out.loss}
 
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        """The losses when ``labels`` are given (training, also through DistributedDataParallel), else
+        per-pixel class scores."""
+        return self.scores(images) if labels is None else self.loss(images, labels)
+
     def scores(self, images: torch.Tensor) -> torch.Tensor:
         """Per-pixel class scores (B, K, H, W) at the input size: Mask2Former's semantic inference.
 
@@ -126,7 +131,7 @@ class Mask2FormerSegmenter(nn.Module):
 
 def segmentation_loss(model: Mask2FormerSegmenter, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
     images, labels = batch
-    return model.loss(images, labels)
+    return model(images, labels)
 
 
 @torch.no_grad()

@@ -1,0 +1,278 @@
+"""Pretraining the embedded default's tiny Swin backbones on a generated labelled image set.
+
+Two recipes, both on the registry entry's own timm architecture, both through the one training
+loop (:func:`frozenrep.training.train`, so a killed pretraining job resumes too):
+
+* ``supervised``: image classification (cross-entropy on the pooled last stage) over classes
+  that are combinations of shape and texture, drawn in random colours (colour is not part of the
+  class: a classifier that leant on colour would learn nothing that transfers). A larger set
+  (more images and more classes) mirrors ImageNet-22K against ImageNet-1K.
+* ``simmim``: masked image modelling as in SimMIM (Xie et al., CVPR 2022): random masking of
+  ``mask_patch_size`` squares after the patch embedding (a learnable mask token replaces them), a
+  linear decoder (1x1 convolution + pixel shuffle back to full resolution) regressing the raw
+  pixels, and an L1 loss over the masked pixels only. No labels are used.
+
+Image ``k`` of a set is drawn from its own seed, so the set is the same on every machine and
+needs no storage; only the backbone (no classifier, no decoder) is written out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torch import nn
+from torch.utils.data import Dataset
+
+from frozenrep.checkpoints import CheckpointEntry, create_model
+from frozenrep.data.ade20k import TEXTURES, _texture
+from frozenrep.data.shapes import SHAPES, background, shape_polygon
+from frozenrep.progress import Progress
+
+# Colour families of the objects' patterns (lightness varies too); not part of the class.
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (220, 50, 40), "green": (40, 190, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40),
+}
+RECIPES = ("random", "supervised", "simmim")
+
+
+class PretrainingError(ValueError):
+    """A pretraining recipe that cannot be run; the message names the registry entry and key."""
+
+
+def class_catalogue(num_classes: int) -> list[tuple[str, str]]:
+    """The first ``num_classes`` (shape, texture) combinations in a fixed shuffled order.
+
+    A smaller set's classes are a subset of a larger set's, as ImageNet-1K's are of ImageNet-22K's.
+    """
+    every = list(itertools.product(SHAPES, TEXTURES))
+    if not 2 <= num_classes <= len(every):
+        raise PretrainingError(f"num_classes must be between 2 and {len(every)}, got {num_classes}")
+    order = np.random.default_rng(12345).permutation(len(every))
+    return [every[i] for i in order[:num_classes]]
+
+
+def draw_labelled_image(rng: np.random.Generator, shape: str, texture: str, size: int) -> np.ndarray:
+    """One object of the class (its shape filled with its texture, in a random colour family) on a random scene."""
+    image = np.array(background(rng, size))
+    radius = rng.uniform(size * 0.22, size * 0.42)
+    cx, cy = rng.uniform(size * 0.3, size * 0.7, 2)
+    verts = shape_polygon(shape, cx, cy, radius, rng.uniform(0, 2 * math.pi))
+    region = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(region).polygon(verts, fill=1)
+    inside = np.array(region, dtype=bool)
+    pattern = _texture(texture, size, rng).astype(np.float32)
+    light = (pattern.mean(axis=-1, keepdims=True) > 127).astype(np.float32)  # the two tones of the texture
+    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    hue = np.array(COLOURS[colour], dtype=np.float32) * rng.uniform(0.75, 1.15)
+    tone = np.clip(light * hue + (1 - light) * hue * rng.uniform(0.15, 0.4), 0, 255)
+    image[inside] = tone[inside].astype(np.uint8)
+    return image
+
+
+@dataclass
+class ImageSetConfig:
+    """The generated labelled image set (``create.images`` of a registry entry)."""
+
+    num_images: int
+    num_classes: int
+    image_size: int = 64
+    seed: int = 0
+
+
+class LabelledImages(Dataset):
+    """``num_images`` generated images; ``dataset[k]`` or ``dataset[(k, aug_seed)]`` -> (CHW float, label).
+
+    Images are normalised with the backbone's ``input_mean``/``input_std``; the augmentation is a
+    horizontal flip decided by ``aug_seed``.
+    """
+
+    def __init__(self, cfg: ImageSetConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        if cfg.num_images < 1:
+            raise PretrainingError(f"num_images must be at least 1, got {cfg.num_images}")
+        self.cfg = cfg
+        self.classes = class_catalogue(cfg.num_classes)
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self._pixels: np.ndarray | None = None
+
+    def materialise(self) -> "LabelledImages":
+        """Draw every image once, up front (a training run visits each many times)."""
+        if self._pixels is None:
+            size = self.cfg.image_size
+            pixels = np.empty((len(self), size, size, 3), dtype=np.uint8)
+            with Progress(len(self), f"draw {len(self)} pretraining images", unit="img") as progress:
+                for k in range(len(self)):
+                    pixels[k] = self.image(k)
+                    progress.update()
+            self._pixels = pixels
+        return self
+
+    def __len__(self) -> int:
+        return self.cfg.num_images
+
+    def label(self, index: int) -> int:
+        return index % self.cfg.num_classes  # balanced classes
+
+    def image(self, index: int) -> np.ndarray:
+        if not 0 <= index < len(self):
+            raise IndexError(f"image {index} is outside the set of {len(self)}")
+        rng = np.random.default_rng([self.cfg.seed, index])
+        return draw_labelled_image(rng, *self.classes[self.label(index)], self.cfg.image_size)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, aug_seed = key if isinstance(key, tuple) else (key, None)
+        pixels = self._pixels[index] if self._pixels is not None else self.image(index)
+        image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float() / 255.0
+        if aug_seed is not None and np.random.default_rng(aug_seed).random() < 0.5:
+            image = image.flip(-1)
+        return (image - self.mean) / self.std, self.label(index)
+
+
+def collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = zip(*batch)
+    return torch.stack(images), torch.tensor(labels)
+
+
+class Classifier(nn.Module):
+    """The timm backbone with a linear classifier on its globally pooled last stage."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.encoder.reset_classifier(num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(images)
+
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """The encoder's weights without the classifier (what the registry's checkpoint holds)."""
+        return {k: v for k, v in self.encoder.state_dict().items() if not k.startswith("head.")}
+
+
+class SimMIM(nn.Module):
+    """SimMIM around a timm Swin: mask token after the patch embedding, linear pixel decoder, L1 on masked pixels."""
+
+    def __init__(self, encoder: nn.Module, mask_patch_size: int = 16, mask_ratio: float = 0.6) -> None:
+        super().__init__()
+        for attr in ("patch_embed", "layers", "norm"):
+            if not hasattr(encoder, attr):
+                raise PretrainingError(f"SimMIM needs a Swin-style timm model (no {attr!r} on {type(encoder).__name__})")
+        self.encoder = encoder
+        self.patch_size = int(encoder.patch_embed.patch_size[0])
+        self.stride = int(encoder.feature_info[-1]["reduction"])
+        if mask_patch_size % self.patch_size:
+            raise PretrainingError(f"mask_patch_size {mask_patch_size} must be a multiple of the patch size {self.patch_size}")
+        if not 0 < mask_ratio < 1:
+            raise PretrainingError(f"mask_ratio must be between 0 and 1, got {mask_ratio}")
+        self.mask_patch_size, self.mask_ratio = mask_patch_size, mask_ratio
+        embed_dim = int(encoder.embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, embed_dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.decoder = nn.Sequential(nn.Conv2d(encoder.num_features, self.stride ** 2 * 3, kernel_size=1),
+                                     nn.PixelShuffle(self.stride))
+
+    def random_mask(self, batch: int, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(batch, H/m, W/m)`` of 0/1: exactly ``round(ratio * cells)`` masked cells per image."""
+        if height % self.mask_patch_size or width % self.mask_patch_size:
+            raise PretrainingError(f"image size {height}x{width} is not a multiple of mask_patch_size {self.mask_patch_size}")
+        gh, gw = height // self.mask_patch_size, width // self.mask_patch_size
+        count = int(round(self.mask_ratio * gh * gw))
+        order = torch.rand(batch, gh * gw, generator=generator).argsort(dim=1)
+        mask = torch.zeros(batch, gh * gw)
+        mask.scatter_(1, order[:, :count], 1.0)
+        return mask.view(batch, gh, gw)
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruction and L1 loss over the masked pixels, averaged over pixels and channels."""
+        tokens = self.encoder.patch_embed(images)  # B, H/4, W/4, C (timm Swin is channels-last)
+        scale = self.mask_patch_size // self.patch_size
+        token_mask = mask.repeat_interleave(scale, 1).repeat_interleave(scale, 2).unsqueeze(-1).to(tokens.dtype)
+        tokens = tokens * (1 - token_mask) + self.mask_token.to(tokens.dtype) * token_mask
+        feats = self.encoder.norm(self.encoder.layers(tokens))
+        reconstruction = self.decoder(feats.permute(0, 3, 1, 2).contiguous())
+        pixel_mask = mask.repeat_interleave(self.mask_patch_size, 1).repeat_interleave(self.mask_patch_size, 2)
+        pixel_mask = pixel_mask.unsqueeze(1).to(images.dtype)
+        loss = ((images - reconstruction).abs() * pixel_mask).sum() / (pixel_mask.sum() + 1e-5) / images.shape[1]
+        return reconstruction, loss
+
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """The encoder's weights without mask token and decoder."""
+        return {k: v for k, v in self.encoder.state_dict().items() if not k.startswith("head.")}
+
+
+@dataclass
+class Recipe:
+    """A registry entry's ``create`` block, checked."""
+
+    init: str
+    seed: int = 0
+    images: ImageSetConfig | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    mask_patch_size: int = 16
+    mask_ratio: float = 0.6
+
+    @classmethod
+    def of(cls, entry: CheckpointEntry) -> "Recipe":
+        create = dict(entry.create or {})
+        where = f"registry entry {entry.name}: create"
+        init = create.get("init", "random")
+        if init not in RECIPES:
+            raise PretrainingError(f"{where}.init {init!r} is not one of {', '.join(RECIPES)}")
+        unknown = set(create) - {"init", "seed", "images", "train", "mask_patch_size", "mask_ratio"}
+        if unknown:
+            raise PretrainingError(f"{where} has unknown keys {sorted(unknown)}")
+        if init != "random":
+            for key in ("images", "train"):
+                if key not in create:
+                    raise PretrainingError(f"{where}.{key} is required for init {init}")
+            try:
+                create["images"] = ImageSetConfig(**create["images"])
+            except TypeError as err:
+                raise PretrainingError(f"{where}.images: {err}") from err
+        return cls(**create)
+
+
+def build_pretrainer(entry: CheckpointEntry, recipe: Recipe) -> nn.Module:
+    """The module the recipe trains: a classifier or a SimMIM model around the entry's architecture."""
+    encoder = create_model(entry)
+    if recipe.init == "supervised":
+        return Classifier(encoder, recipe.images.num_classes)
+    if recipe.init == "simmim":
+        return SimMIM(encoder, recipe.mask_patch_size, recipe.mask_ratio)
+    raise PretrainingError(f"registry entry {entry.name}: init {recipe.init} trains nothing")
+
+
+def supervised_loss(model: Classifier, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    images, labels = batch
+    return {"loss_cls": F.cross_entropy(model(images), labels)}
+
+
+def simmim_loss(model: SimMIM, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    images, _ = batch  # labels are not used
+    mask = model.random_mask(images.shape[0], images.shape[2], images.shape[3]).to(images.device)
+    return {"loss_l1": model(images, mask)[1]}
+
+
+@torch.no_grad()
+def classification_accuracy(model: Classifier, dataset: LabelledImages, count: int = 512,
+                            batch_size: int = 128) -> float:
+    """Top-1 on freshly drawn images of the same classes (another seed than the training set)."""
+    held_out = LabelledImages(ImageSetConfig(count, dataset.cfg.num_classes, dataset.cfg.image_size,
+                                             dataset.cfg.seed + 1_000_003),
+                              tuple(dataset.mean.flatten().tolist()), tuple(dataset.std.flatten().tolist()))
+    was_training = model.training
+    model.eval()
+    correct = 0
+    device = next(model.parameters()).device
+    for start in range(0, count, batch_size):
+        images, labels = collate([held_out[k] for k in range(start, min(start + batch_size, count))])
+        correct += int((model(images.to(device)).argmax(1).cpu() == labels).sum())
+    model.train(was_training)
+    return 100.0 * correct / count

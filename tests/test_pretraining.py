@@ -1,0 +1,155 @@
+"""Pretraining the embedded default's backbones: the image set, SimMIM's masking and loss, the
+supervised recipe, and the checkpoint they leave in the registry's format."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from frozenrep.backbones import build_backbone
+from frozenrep.checkpoints import load_registry, read_state_dict
+from frozenrep.local_backbones import create_local_backbone
+from frozenrep.pretraining import (ImageSetConfig, LabelledImages, PretrainingError, Recipe, SimMIM,
+                                   build_pretrainer, class_catalogue, collate, supervised_loss)
+from workspace import REPO
+
+REGISTRY = load_registry(REPO / "params" / "checkpoints.yaml")
+PRETRAINED = ("tiny-swin-supervised", "tiny-swin-supervised-large", "tiny-swin-simmim")
+
+
+def shrunk(name, steps=6, num_images=32, image_size=32, **train):
+    """A registry entry with its pretraining cut to a few steps on a few small images."""
+    entry = REGISTRY[name]
+    create = {**entry.create, "images": {**entry.create["images"], "num_images": num_images, "image_size": image_size},
+              "train": {**entry.create["train"], "steps": steps, "batch_size": 8, "warmup_steps": 0,
+                        "checkpoint_every": 3, "log_every": 1, **train}}
+    return dataclasses.replace(entry, create=create)
+
+
+def test_small_set_classes_are_among_the_large_sets():
+    small, every = class_catalogue(24), class_catalogue(48)
+    assert every[:24] == small and len(set(every)) == 48  # every (shape, texture) once
+    assert len({shape for shape, _ in small}) == 6 and len({texture for _, texture in small}) == 8
+    with pytest.raises(PretrainingError, match="between 2 and 48"):
+        class_catalogue(49)
+
+
+def test_image_set_is_deterministic_balanced_and_seeded():
+    cfg = ImageSetConfig(num_images=24, num_classes=6, image_size=32, seed=3)
+    a, b = LabelledImages(cfg, (0.5,) * 3, (0.25,) * 3), LabelledImages(cfg, (0.5,) * 3, (0.25,) * 3)
+    assert np.array_equal(a.image(5), b.image(5)) and not np.array_equal(a.image(5), a.image(6))
+    other = LabelledImages(dataclasses.replace(cfg, seed=4), (0.5,) * 3, (0.25,) * 3)
+    assert not np.array_equal(a.image(5), other.image(5))
+    assert np.bincount([a.label(k) for k in range(24)]).tolist() == [4] * 6
+    b.materialise()
+    x_lazy, y_lazy = a[(7, 11)]
+    x_drawn, y_drawn = b[(7, 11)]
+    assert torch.equal(x_lazy, x_drawn) and y_lazy == y_drawn and x_lazy.shape == (3, 32, 32)
+    flipped = [a[(7, s)][0] for s in range(20)]  # the augmentation seed decides a horizontal flip
+    assert any(torch.equal(f, x_lazy.flip(-1)) for f in flipped) and any(torch.equal(f, a[7][0]) for f in flipped)
+    with pytest.raises(IndexError, match="outside the set of 24"):
+        a.image(24)
+
+
+def test_simmim_masks_the_requested_share_and_never_sees_masked_pixels():
+    entry = REGISTRY["tiny-swin-simmim"]
+    torch.manual_seed(0)
+    model = build_pretrainer(entry, Recipe.of(entry)).eval()
+    assert isinstance(model, SimMIM)
+    mask = model.random_mask(4, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (4, 4, 4) and mask.sum(dim=(1, 2)).tolist() == [round(0.6 * 16)] * 4
+    images = torch.randn(2, 3, 64, 64)
+    mask = mask[:2]
+    pixel_mask = mask.repeat_interleave(16, 1).repeat_interleave(16, 2).unsqueeze(1).bool()
+    changed = torch.where(pixel_mask, torch.randn_like(images), images)  # new pixels under the mask only
+    with torch.no_grad():
+        rec, loss = model(images, mask)
+        rec_changed, loss_changed = model(changed, mask)
+        _, loss_unmasked = model(torch.where(pixel_mask, images, torch.randn_like(images)), mask)
+    assert rec.shape == images.shape
+    assert torch.allclose(rec, rec_changed, atol=1e-5)  # the encoder saw the mask token, not the pixels
+    assert not torch.isclose(loss, loss_changed)  # ... but the loss compares against them
+    expected = ((images - rec).abs() * pixel_mask).sum() / pixel_mask.sum() / 3
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    assert loss_unmasked != pytest.approx(loss.item())  # visible pixels change what it reconstructs
+    with pytest.raises(PretrainingError, match="not a multiple of mask_patch_size 16"):
+        model.random_mask(1, 40, 40)
+
+
+def test_supervised_pretraining_learns_the_classes():
+    entry = shrunk("tiny-swin-supervised")
+    recipe = Recipe.of(entry)
+    data = LabelledImages(dataclasses.replace(recipe.images, num_images=16, num_classes=4), (0.5,) * 3, (0.25,) * 3)
+    torch.manual_seed(0)
+    model = build_pretrainer(entry, dataclasses.replace(recipe, images=data.cfg))
+    batch = collate([data[k] for k in range(16)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss = supervised_loss(model, batch)["loss_cls"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert (model(batch[0]).argmax(1) == batch[1]).float().mean() > 0.5
+    assert not any(k.startswith("head.") for k in model.backbone_state_dict())
+
+
+@pytest.mark.parametrize("name", PRETRAINED)
+def test_pretrained_checkpoint_is_reproducible_and_loads_as_a_backbone(tmp_path, name):
+    entry = shrunk(name)
+    tracking = {"uri": f"sqlite:///{tmp_path / 'mlruns.db'}"}
+    first = create_local_backbone(entry, tmp_path / "a" / f"{name}.safetensors", tracking, "t")
+    second = create_local_backbone(entry, tmp_path / "b" / f"{name}.safetensors", tracking, "t")
+    assert first == second  # same recipe, same bytes
+    assert (tmp_path / "a" / f"{name}.safetensors.sha256").read_text().split()[0] == first
+    random_init = create_local_backbone(REGISTRY["tiny-swin-none"], tmp_path / "none.safetensors")
+    assert random_init != first
+    weights = read_state_dict(tmp_path / "a" / f"{name}.safetensors")
+    assert not any(k.startswith(("head.", "decoder.", "mask_token")) for k in weights)
+    backbone = build_backbone(entry, tmp_path / "a" / f"{name}.safetensors")  # strict load
+    feats = backbone(torch.randn(1, 3, 64, 64))
+    assert [f.shape[1] for f in feats.values()] == [16, 32, 64, 128]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert len(runs) == 2 and {r.data.tags["task"] for r in runs} == {"pretrain"}
+    assert all(r.info.status == "FINISHED" and "pretrain/seconds" in r.data.metrics for r in runs)
+
+
+@pytest.mark.parametrize("name", ["tiny-swin-supervised", "tiny-swin-simmim"])
+def test_killed_pretraining_resumes_to_the_same_weights(tmp_path, monkeypatch, name):
+    import frozenrep.training as training
+
+    entry = shrunk(name, steps=6)
+    tracking = {"uri": f"sqlite:///{tmp_path / 'mlruns.db'}"}
+    whole = create_local_backbone(entry, tmp_path / "whole" / "x.safetensors", tracking)
+    save_state = training.save_state
+
+    def save_then_die(path, state):
+        save_state(path, state)
+        raise RuntimeError("killed after the step-3 state")
+
+    monkeypatch.setattr(training, "save_state", save_then_die)
+    out = tmp_path / "resumed" / "x.safetensors"
+    with pytest.raises(RuntimeError, match="killed"):
+        create_local_backbone(entry, out, tracking)
+    assert not out.exists() and torch.load(out.with_name("x.pretrain") / "state.pt", weights_only=True)["step"] == 3
+    monkeypatch.setattr(training, "save_state", save_state)
+    assert create_local_backbone(entry, out, tracking) == whole
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"init": "byol"}, "create.init 'byol' is not one of random, supervised, simmim"),
+    ({"images": None}, "create.images is required for init supervised"),
+    ({"colour": "red"}, "create has unknown keys \\['colour'\\]"),
+    ({"images": {"num_images": 10, "classes": 3}}, "create.images"),
+])
+def test_bad_recipe_names_the_entry_and_key(change, message):
+    entry = REGISTRY["tiny-swin-supervised"]
+    create = {k: v for k, v in {**entry.create, **change}.items() if v is not None}
+    with pytest.raises(PretrainingError, match=f"registry entry tiny-swin-supervised: {message}"):
+        Recipe.of(dataclasses.replace(entry, create=create))
