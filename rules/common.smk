@@ -1,5 +1,6 @@
 # Python helpers for the rules: targets, input functions, job specs. No logic beyond naming.
 import json
+import shlex
 import sys
 
 from frozenrep.checkpoints import load_registry
@@ -86,6 +87,12 @@ def job_spec(wildcards):
         },
         sort_keys=True,
     )
+
+
+def feature_cache_option(wildcards):
+    """`--feature-cache DIR` for evaluations of a frozen backbone when `feature_cache` is set."""
+    root = config.get("feature_cache")
+    return f"--feature-cache {shlex.quote(root)}" if root and wildcards.mode == "frozen" else ""
 
 
 def task_resource(key):

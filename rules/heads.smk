@@ -35,6 +35,7 @@ rule evaluate_head:
         metrics="results/metrics/{task}/{backbone}/{mode}/seed{seed}.json",
     params:
         spec=job_spec,
+        cache=feature_cache_option,
     log:
         "logs/evaluate/{task}/{backbone}/{mode}/seed{seed}.log",
     benchmark:
@@ -48,4 +49,5 @@ rule evaluate_head:
         "../envs/frozenrep.yaml"
     shell:
         "python workflow_scripts/evaluate.py --spec {params.spec:q} --checkpoint {input.checkpoint:q}"
-        " --manifest {input.manifest:q} --head {input.head:q} --out {output.metrics:q} --threads {threads} 2> {log:q}"
+        " --manifest {input.manifest:q} --head {input.head:q} --out {output.metrics:q} --threads {threads}"
+        " {params.cache} 2> {log:q}"

@@ -71,6 +71,16 @@ def test_ci_run_produces_table1(ci_run):
     assert curve["step"].tolist() == [2, 4, 6] and {"loss", "lr", "loss_mask"} <= set(curve.columns)
 
 
+def test_frozen_evaluations_fill_the_feature_cache(ci_run):
+    ws, _ = ci_run
+    for task in ("coco", "ade20k", "k400"):
+        frozen = json.loads((ws / f"results/metrics/{task}/tiny-swin-none/frozen/seed0.json").read_text())
+        finetune = json.loads((ws / f"results/metrics/{task}/tiny-swin-none/finetune/seed0.json").read_text())
+        assert frozen["feature_cache"]["misses"] > 0, task  # one evaluation per backbone: all computed once
+        assert finetune["feature_cache"] is None, task      # fine-tuned features are the run's own
+    assert list((ws / "cache" / "features").rglob("*.feat"))
+
+
 def test_second_run_does_nothing(ci_run):
     ws, _ = ci_run
     result = snakemake(ws, "--cores", "2", "--configfile=params/ci.yaml", "results/table1.csv")

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from frozenrep.backbones import build_backbone, trainable_state_dict
+from frozenrep.backbones import BackboneAdapter, FeatureCache, build_backbone, trainable_state_dict
 from frozenrep.checkpoints import CheckpointEntry
 from frozenrep.io import atomic_path, file_digest, write_json_atomic, write_text_atomic
 from frozenrep.progress import log
@@ -131,8 +131,23 @@ def write_curve(curve: list[dict[str, float]], out: Path) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head: Path, out_metrics: Path) -> None:
-    """Score the trained head on the validation split; write ``out_metrics`` (JSON) atomically."""
+def attach_feature_cache(model: torch.nn.Module, checkpoint: Path, root: Path | None) -> list[FeatureCache]:
+    """Give every frozen backbone in ``model`` a feature cache under ``root`` (keyed by the checkpoint)."""
+    caches = []
+    for module in model.modules():
+        if isinstance(module, BackboneAdapter) and module.frozen:
+            cache = FeatureCache(checkpoint_sha256(checkpoint), root)
+            module.use_cache(cache)
+            caches.append(cache)
+    return caches
+
+
+def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head: Path, out_metrics: Path,
+                   feature_cache: Path | None = None) -> None:
+    """Score the trained head on the validation split; write ``out_metrics`` (JSON) atomically.
+
+    With ``feature_cache`` a frozen backbone's features are read from / written to that folder.
+    """
     from safetensors import safe_open
 
     task, device, train_set, val_set, model = prepare_job(spec, checkpoint, manifest)
@@ -145,6 +160,7 @@ def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head:
                            f"unexpected {sorted(set(state) - expected)[:5]}; retrain it (delete the file).")
     model.load_state_dict(state, strict=False)
     model.to(device)
+    caches = attach_feature_cache(model, checkpoint, feature_cache) if feature_cache and spec["mode"] == "frozen" else []
     tracking = spec.get("tracking", {})
     name = run_name(spec["task"], spec["backbone"], spec["mode"], spec["seed"])
     with tracked_run(resolve_uri(tracking.get("uri")), spec["study"], name,
@@ -162,7 +178,9 @@ def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head:
                   "mode": spec["mode"], "seed": spec["seed"], "metrics": metrics,
                   "table_metrics": list(task.table_metrics), "num_images": len(val_set),
                   "skipped_samples": skipped,
-                  "eval_seconds": round(seconds, 2), "checkpoint_sha256": checkpoint_sha256(checkpoint),
+                  "eval_seconds": round(seconds, 2),
+                  "feature_cache": ({"hits": sum(c.hits for c in caches), "misses": sum(c.misses for c in caches)}
+                                    if caches else None), "checkpoint_sha256": checkpoint_sha256(checkpoint),
                   "data_sha256": file_digest(manifest), "mlflow_run_id": run.run_id}
         write_json_atomic(out_metrics, record)
         run.log_artifact(out_metrics)

@@ -148,6 +148,45 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
+class Optimisation:
+    """AdamW, the learning-rate schedule and mixed precision of one run; :meth:`step` is one update.
+
+    On CUDA with ``amp`` the forward runs under bf16 autocast where the GPU supports it (no loss
+    scaling needed), else fp16 with PyTorch's GradScaler. The training loop and the benchmarks
+    (``benchmarks/heads.py``) share this, so what is timed is what trains.
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.amp_dtype: torch.dtype | None = None
+        if cfg.amp and device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def step(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], dict], batch: Any,
+             where: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward, backward, clip, update, schedule; returns the loss and its parts."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            loss_dict = loss_fn(model, batch)
+            loss = sum(loss_dict.values())
+        if not torch.isfinite(loss):
+            raise TrainingError(f"non-finite loss {loss.item()} at {where} "
+                                f"({ {k: float(v) for k, v in loss_dict.items()} }); lower the learning rate "
+                                "or enable gradient clipping.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss, loss_dict
+
+
 def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Callable[[nn.Module, Any], dict],
           cfg: TrainConfig, run_dir: str | Path, *, seed: int, fingerprint: str,
           logger: MetricLogger | None = None, device: torch.device | None = None,
@@ -163,10 +202,8 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    opt = Optimisation(model, cfg, device)
+    optimizer, scheduler, scaler = opt.optimizer, opt.scheduler, opt.scaler
     start = 0
     curve: list[dict[str, float]] = []
     state_path = run_dir / STATE_FILE
@@ -216,21 +253,7 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
     with Progress(cfg.steps, f"train {run_dir}", unit="step", initial=start, enabled=rank == 0) as progress:
         for batch in loader:
             batch = to_device(batch, device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss_dict = loss_fn(forward_model, batch)
-                loss = sum(loss_dict.values())
-            if not torch.isfinite(loss):
-                raise TrainingError(f"non-finite loss {loss.item()} at step {step} in {run_dir} "
-                                    f"({ {k: float(v) for k, v in loss_dict.items()} }); lower the learning rate "
-                                    "or enable gradient clipping.")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            loss, loss_dict = opt.step(forward_model, loss_fn, batch, where=f"step {step} in {run_dir}")
             step += 1
             losses = mean_over_ranks({"loss": loss.detach(), **{k: v.detach() for k, v in loss_dict.items()}}, world)
             progress.update(1, loss=losses["loss"])

@@ -1,0 +1,336 @@
+"""Frozen vs fine-tune cost of every task head, and the frozen backbone's forward as a floor.
+
+For each task head at the paper's sizes (Swin-B; detection at 1024 x 1024, segmentation at a
+512 x 512 crop, video at 16 x 224 x 224) and/or at the embedded default's sizes, this times
+training steps of the real model through the training loop's own :class:`Optimisation` (AdamW,
+clipping, bf16 autocast on CUDA), frozen and fine-tuned side by side in one run, and reports
+step time, images (or clips) per second and peak memory, with the frozen/fine-tune ratios.
+
+Every measurement runs in a fresh process, so that peak memory is that configuration's own (CUDA:
+``max_memory_allocated``; CPU: the process's peak resident set, which includes the interpreter).
+Inputs are random tensors of the task's batch shape: this measures the model, not data loading.
+
+The backbone-forward section times the frozen backbone alone (no_grad, bf16 autocast on CUDA),
+counts its FLOPs with ``torch.utils.flop_counter`` and reports the achieved rate, as a fraction of
+the device's dense bf16 peak where the device is known (or ``--peak-tflops``).
+
+    python benchmarks/heads.py --sizes paper default --out benchmarks/results/<name>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+# Dense bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s (without sparsity).
+PEAK_BF16_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0,
+                    "H200": 989.4, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0}
+
+# Per-task settings: the batch per device the profile trains with, the input size, the classes.
+SIZES = {
+    "paper": {
+        "backbone": "swin-b-in1k",
+        "coco": {"batch": 2, "image": 1024, "classes": 81},
+        "ade20k": {"batch": 2, "image": 512, "classes": 150},
+        "k400": {"batch": 8, "image": 224, "frames": 16, "classes": 400},
+        "forward": [{"batch": 256, "image": 224}, {"batch": 2, "image": 1024}],
+        "profile": "params/paper.yaml",
+    },
+    "default": {
+        "backbone": "tiny-swin-none",
+        "coco": {"batch": 4, "image": 128, "classes": 5},
+        "ade20k": {"batch": 4, "image": 128, "classes": 6},
+        "k400": {"batch": 8, "image": 64, "frames": 8, "classes": 4},
+        "forward": [{"batch": 64, "image": 128}],
+        "profile": "params/default.yaml",
+    },
+}
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _profile(size: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / SIZES[size]["profile"]).read_text())
+
+
+def _backbone(size: str, mode: str):
+    from frozenrep.backbones import BackboneAdapter, features_from_model
+    from frozenrep.checkpoints import create_model, load_registry
+
+    registry = load_registry(ROOT / "params" / "checkpoints.yaml")
+    entry = registry[SIZES[size]["backbone"]]
+    # Random weights: speed and memory do not depend on the values.
+    return BackboneAdapter(features_from_model(create_model(entry)), mode=mode), entry
+
+
+def _model_and_batch(task: str, size: str, mode: str, device):
+    """The task's model as the training job builds it, and one random batch of its shape."""
+    import torch
+
+    from frozenrep.tasks import dataclass_from
+
+    spec, profile = SIZES[size][task], _profile(size)
+    torch.manual_seed(0)  # the same initial weights in both modes: the heads' work depends on them
+    backbone, entry = _backbone(size, mode)
+    gen = torch.Generator().manual_seed(0)
+    b, s, k = spec["batch"], spec["image"], spec["classes"]
+    if task == "coco":
+        from frozenrep.heads.detection import DetectionHeadConfig, build_mask_rcnn, detection_loss
+
+        head = dataclass_from(DetectionHeadConfig, {**profile["coco"]["head"], "min_size": s, "max_size": s},
+                              "coco.head")
+        model = build_mask_rcnn(backbone, k, head, entry.input_mean, entry.input_std)
+        images, targets = [], []
+        for _ in range(b):
+            n = 8
+            xy = torch.rand(n, 2, generator=gen) * s * 0.7
+            wh = s * 0.05 + torch.rand(n, 2, generator=gen) * s * 0.25
+            boxes = torch.cat([xy, xy + wh], 1).clamp(max=s - 1)
+            masks = torch.zeros(n, s, s, dtype=torch.uint8)
+            for i, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
+                masks[i, y0:y1, x0:x1] = 1
+            images.append(torch.rand(3, s, s, generator=gen))
+            targets.append({"boxes": boxes, "labels": torch.randint(1, k, (n,), generator=gen), "masks": masks})
+        return model, detection_loss, (images, targets), b
+    if task == "ade20k":
+        from frozenrep.heads.segmentation import Mask2FormerSegmenter, SegmentationHeadConfig, segmentation_loss
+
+        head = dataclass_from(SegmentationHeadConfig, profile["ade20k"]["head"], "ade20k.head")
+        model = Mask2FormerSegmenter(backbone, k, head, entry.input_mean, entry.input_std)
+        cells = torch.randint(0, k, (b, 4, 4), generator=gen)  # 16 regions per image, a few classes each
+        labels = torch.nn.functional.interpolate(cells[:, None].float(), size=(s, s), mode="nearest")[:, 0].long()
+        return model, segmentation_loss, (torch.rand(b, 3, s, s, generator=gen), labels), b
+    if task == "k400":
+        from frozenrep.heads.video import VideoClassifier, VideoHeadConfig, video_loss
+
+        head = dataclass_from(VideoHeadConfig, profile["k400"]["head"], "k400.head")
+        model = VideoClassifier(backbone, k, head, entry.input_mean, entry.input_std)
+        clips = torch.rand(b, 3, spec["frames"], s, s, generator=gen)
+        return model, video_loss, (clips, torch.randint(0, k, (b,), generator=gen)), b
+    raise KeyError(task)
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def measure_step(task: str, size: str, mode: str, device_name: str, steps: int, warmup: int) -> dict:
+    """Median training-step time, throughput and peak memory of one (task, size, mode)."""
+    import torch
+
+    from frozenrep.training import Optimisation, TrainConfig, to_device
+
+    device = _device(device_name)
+    profile = _profile(size)
+    train_cfg = {k: v for k, v in profile[task]["train"].items() if k in TrainConfig.__dataclass_fields__}
+    cfg = TrainConfig(**{**train_cfg, "steps": steps + warmup, "warmup_steps": 0,
+                         "step_milestones": tuple(train_cfg.get("step_milestones", (0.67, 0.89)))})
+    model, loss_fn, batch, items = _model_and_batch(task, size, mode, device)
+    model.to(device).train()
+    batch = to_device(batch, device)
+    opt = Optimisation(model, cfg, device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(warmup + steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        opt.step(model, loss_fn, batch, where=f"benchmark step {i}")
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    median = times[len(times) // 2]
+    return {"task": task, "size": size, "mode": mode, "batch": items, "steps": steps,
+            "step_s_median": median, "step_s_min": times[0], "items_per_s": items / median,
+            "peak_mem_mb": _peak_mb(device), "trainable_params": trainable, "total_params": total,
+            "amp_dtype": str(opt.amp_dtype).replace("torch.", "") if opt.amp_dtype else "float32"}
+
+
+def measure_forward(size: str, device_name: str, steps: int, warmup: int, peak_tflops: float | None,
+                    batch: int, image: int, compiled: bool = False) -> dict:
+    """The frozen backbone's forward alone: time, FLOPs and achieved rate (``compiled``: torch.compile)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = _device(device_name)
+    spec = {"batch": batch, "image": image}
+    backbone, _ = _backbone(size, "frozen")
+    backbone.to(device)
+    run = torch.compile(backbone) if compiled else backbone
+    x = torch.rand(spec["batch"], 3, spec["image"], spec["image"], device=device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    def forward():
+        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+            return run(x)
+
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+            backbone(x)  # counted eagerly: the same operations, compiled or not
+    flops = counter.get_total_flops()
+    times = []
+    for i in range(warmup + steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        forward()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    median = times[len(times) // 2]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    if peak_tflops is None and device.type == "cuda":
+        peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    achieved = flops / median / 1e12
+    return {"size": size, "compiled": compiled, "batch": spec["batch"], "image": spec["image"], "gflops_per_image": flops / spec["batch"] / 1e9,
+            "forward_s_median": median, "images_per_s": spec["batch"] / median, "achieved_tflops": achieved,
+            "peak_tflops": peak_tflops, "fraction_of_peak": achieved / peak_tflops if peak_tflops else None,
+            "dtype": str(dtype).replace("torch.", "")}
+
+
+def run_child(script: str, job: dict) -> dict:
+    """Run ``script --child JOB`` in a fresh interpreter; its JSON comes back on the last stdout line
+    (or the job with the last line of its error)."""
+    cmd = [sys.executable, script, "--child", json.dumps(job)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if done.returncode != 0:
+        return {**job, "error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _in_child(kind: str, **kwargs) -> dict:
+    result = run_child(__file__, {"kind": kind, **kwargs})
+    result.pop("kind", None)
+    return result
+
+
+def save_report(out: Path | None, report: dict) -> None:
+    """Write the report as JSON, atomically, when ``out`` is given."""
+    if out:
+        from frozenrep.io import write_text_atomic
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+
+
+def environment(device_name: str) -> dict:
+    import timm
+    import torch
+    import torchvision
+    import transformers
+
+    device = _device(device_name)
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__, "transformers": transformers.__version__,
+            "cuda": torch.version.cuda, "host": platform.node(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["default"])
+    parser.add_argument("--tasks", nargs="+", choices=["coco", "ade20k", "k400"], default=["coco", "ade20k", "k400"])
+    parser.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu or cuda[:N]")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads on the CPU (default: torch's)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, if unknown")
+    parser.add_argument("--compile", action="store_true", help="also time the backbone forward under torch.compile")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.child:
+        job = json.loads(args.child)
+        kind = job.pop("kind")
+        result = measure_step(**job) if kind == "step" else measure_forward(**job)
+        print(json.dumps(result))
+        return 0
+
+    settings = {k: v for k, v in vars(args).items() if k not in ("child", "out")}
+    report = {"environment": environment(args.device), "settings": settings, "sizes": {k: SIZES[k] for k in args.sizes},
+              "steps": [], "forward": [], "ratios": []}
+    env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
+    os.environ.update(env)
+    for size in args.sizes:
+        for task in args.tasks:
+            pair = {}
+            for mode in ("frozen", "finetune"):
+                r = _in_child("step", task=task, size=size, mode=mode, device_name=args.device,
+                              steps=args.steps, warmup=args.warmup)
+                report["steps"].append(r)
+                pair[mode] = r
+                print(json.dumps(r), flush=True)
+            if all("error" not in r for r in pair.values()):
+                f, t = pair["frozen"], pair["finetune"]
+                report["ratios"].append({"task": task, "size": size,
+                                         "step_time_ratio": f["step_s_median"] / t["step_s_median"],
+                                         "peak_mem_ratio": f["peak_mem_mb"] / t["peak_mem_mb"]})
+        for spec in SIZES[size]["forward"]:
+            for compiled in (False, True) if args.compile else (False,):
+                r = _in_child("forward", size=size, device_name=args.device, steps=args.steps, warmup=args.warmup,
+                              peak_tflops=args.peak_tflops, compiled=compiled, **spec)
+                report["forward"].append(r)
+                print(json.dumps(r), flush=True)
+
+    print(f"\n{report['environment']['device']}, torch {report['environment']['torch']}")
+    print(f"{'size':8} {'task':7} {'mode':9} {'step ms':>9} {'items/s':>9} {'peak MB':>9} {'trainable':>11}")
+    for r in report["steps"]:
+        if "error" in r:
+            print(f"{r['size']:8} {r['task']:7} {r['mode']:9} error: {r['error']}")
+            continue
+        print(f"{r['size']:8} {r['task']:7} {r['mode']:9} {r['step_s_median'] * 1e3:9.1f} {r['items_per_s']:9.2f} "
+              f"{r['peak_mem_mb']:9.0f} {r['trainable_params']:11,d}")
+    for r in report["ratios"]:
+        print(f"frozen/fine-tune {r['size']:8} {r['task']:7} step time {r['step_time_ratio']:.2f}  "
+              f"peak memory {r['peak_mem_ratio']:.2f}")
+    for r in report["forward"]:
+        if "error" in r:
+            print(f"backbone forward {r['size']} {r['batch']}x{r['image']}px: error: {r['error']}")
+            continue
+        frac = f"{100 * r['fraction_of_peak']:.1f} % of {r['peak_tflops']} TFLOP/s" if r["fraction_of_peak"] else "peak unknown"
+        print(f"backbone forward {r['size']:8} {r['batch']}x{r['image']}px{' compiled' if r['compiled'] else ''}: "
+              f"{r['gflops_per_image']:.2f} GFLOP/image, {r['images_per_s']:.1f} img/s, "
+              f"{r['achieved_tflops']:.3f} TFLOP/s ({frac})")
+    save_report(args.out, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
