@@ -108,7 +108,8 @@ class FeatureCache:
         self.hits = self.misses = 0
 
     def key(self, sample: torch.Tensor) -> str:
-        data = sample.detach().contiguous().cpu()
+        """The sample's key (pass a CPU tensor: a device tensor is copied to the host first)."""
+        data = sample.detach().cpu().contiguous()
         raw = data.view(torch.int16) if data.dtype == torch.bfloat16 else data
         digest = hashlib.sha256(f"{self.namespace}|{tuple(data.shape)}|{data.dtype}|".encode())
         digest.update(memoryview(raw.numpy()).cast("B"))
@@ -145,7 +146,6 @@ class FeatureCache:
             chunks.append((f.view(torch.int16) if f.dtype == torch.bfloat16 else f).numpy().tobytes())
         head = json.dumps(header).encode()
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         # One file per key: an 8-byte header length, a JSON header of (dtype, shape) per level, the raw levels.
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as out:
@@ -156,15 +156,17 @@ class FeatureCache:
     def features(self, images: torch.Tensor,
                  compute: Callable[[torch.Tensor], list[torch.Tensor]]) -> list[torch.Tensor]:
         """The batch's features per level: cached samples loaded, the others computed together."""
-        keys = [self.key(x) for x in images]
+        host = images.detach().cpu()  # one device-to-host copy per batch, not one per sample
+        keys = [self.key(x) for x in host]
         found = [self._load(k) for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         if missing:
             computed = compute(images[missing] if len(missing) < len(keys) else images)
+            on_host = [level.detach().cpu() for level in computed]  # likewise, one copy per level
             for j, i in enumerate(missing):
-                found[i] = [level[j] for level in computed]
+                found[i] = [level[j] for level in on_host]
                 self._store(keys[i], found[i])
             if len(missing) == len(keys):
                 return computed
