@@ -1,5 +1,6 @@
 """Kinetics-400: generated motion videos, PyTorchVideo loading, bad videos, the temporal head, top-k."""
 
+import os
 import tarfile
 
 import pytest
@@ -57,6 +58,24 @@ def test_random_training_clips_are_seeded(tiny_k400):
     assert a[0].shape == (3, 4, 32, 32) and torch.equal(a[0], b[0]) and a[1] == b[1]
     starts = {clips[(3, s)][0][:, 0].sum().item() for s in range(6)}
     assert len(starts) > 1  # different seeds, different clip starts
+
+
+def voluntary_context_switches() -> int:
+    with open("/proc/self/status") as status:
+        return sum(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="counts context switches in Linux /proc")
+def test_training_clips_decode_without_handing_frames_to_other_threads(tiny_k400):
+    """Decoding and RGB conversion stay in the calling thread (FFmpeg's slice threads and PyAV 17+'s
+    threaded conversion block the job on every frame while other jobs hold the cores)."""
+    index = KineticsIndex(tiny_k400, "train", class_names(tiny_k400), 0.5)
+    clips = KineticsClips(index, clip_duration=0.5, num_frames=4, size=32)
+    clips[(0, 0)]  # imports and first-use set-up
+    before = voluntary_context_switches()
+    for k in range(len(index.videos)):
+        clips[(k, k)]
+    assert voluntary_context_switches() - before < len(index.videos)  # threaded: 4 to 110 a video
 
 
 def test_multiview_testing_uses_uniform_clips_and_crops(tiny_k400):
