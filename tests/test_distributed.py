@@ -2,6 +2,7 @@
 train what one process with the whole batch trains; only rank 0 writes files and tracks the run."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -62,3 +63,28 @@ def test_two_processes_train_what_one_process_with_the_whole_batch_trains(job_ro
                               f"tags.task = '{task}'")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)  # one per job, not per rank
     assert sorted(len(client.get_metric_history(r.info.run_id, "train/loss")) for r in runs) == [6, 6]
+
+
+@pytest.mark.parametrize("task", list(DATASET_OF_TASK))
+def test_two_process_evaluation_gives_the_single_process_metric(job_root, task):
+    """Each rank scores every other validation sample; the pooled predictions give exactly the metric."""
+    root, entry = job_root
+    train_cmd, head = job(root, entry, task, 4, f"{task}-eval")
+    run([sys.executable, *train_cmd])
+    spec = json.loads(train_cmd[train_cmd.index("--spec") + 1])
+    evaluate = ["workflow_scripts/evaluate.py", "--spec", json.dumps(spec), "--checkpoint", str(root / "tiny.safetensors"),
+                "--manifest", str(root / f"{DATASET_OF_TASK[task]}.manifest.json"), "--head", str(head)]
+    single, pooled = head.parent / "single.json", head.parent / "pooled.json"
+    run([sys.executable, *evaluate, "--out", str(single)])
+    log = run([*TORCHRUN, *evaluate, "--out", str(pooled)]).stderr
+    assert "Traceback" not in log
+
+    a, b = json.loads(single.read_text()), json.loads(pooled.read_text())
+    drop = {"seconds"}
+    assert {k: v for k, v in b["metrics"].items() if k not in drop} == {k: v for k, v in a["metrics"].items()
+                                                                        if k not in drop}
+    assert b["num_images"] == a["num_images"]
+    n = a["num_images"]  # each rank scored its own half, not the whole set
+    assert set(re.findall(rf"evaluate {task}: \d+/(\d+) ", log)) == {str(n // 2), str((n + 1) // 2)}, log[-3000:]
+    metric = {"coco": "box_ap", "ade20k": "miou", "k400": "top1"}[task]
+    assert a["metrics"][metric] is not None

@@ -1,4 +1,8 @@
-"""Evaluate one trained head on the validation split and write its metrics JSON."""
+"""Evaluate one trained head on the validation split and write its metrics JSON.
+
+Run it with ``torchrun --nproc_per_node=N`` to split the validation set over N GPUs (or N CPU
+processes); the metric is computed once over every rank's predictions.
+"""
 
 import argparse
 import json
@@ -20,4 +24,11 @@ parser.add_argument("--feature-cache", type=Path, default=None,
 args = parser.parse_args()
 setup_logging()
 set_threads(args.threads)
-run_evaluation(json.loads(args.spec), args.checkpoint, args.manifest, args.head, args.out, feature_cache=args.feature_cache)
+try:
+    run_evaluation(json.loads(args.spec), args.checkpoint, args.manifest, args.head, args.out,
+                   feature_cache=args.feature_cache)
+finally:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

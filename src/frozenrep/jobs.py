@@ -147,10 +147,14 @@ def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head:
     """Score the trained head on the validation split; write ``out_metrics`` (JSON) atomically.
 
     With ``feature_cache`` a frozen backbone's features are read from / written to that folder.
+    Under torchrun every rank scores its share of the validation set and the metric is computed
+    over the pooled predictions; rank 0 alone tracks the run and writes the file (its feature-cache
+    counts are its own share's).
     """
     from safetensors import safe_open
 
-    task, device, train_set, val_set, model = prepare_job(spec, checkpoint, manifest)
+    device, rank = start_distributed(spec.get("device", "auto"))
+    task, device, train_set, val_set, model = prepare_job(spec, checkpoint, manifest, device)
     with safe_open(str(head), "pt") as handle:
         meta = handle.metadata() or {}
     state = load_file(str(head))
@@ -161,6 +165,9 @@ def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head:
     model.load_state_dict(state, strict=False)
     model.to(device)
     caches = attach_feature_cache(model, checkpoint, feature_cache) if feature_cache and spec["mode"] == "frozen" else []
+    if rank != 0:
+        task.evaluate(model, val_set, spec["task_config"], device)
+        return
     tracking = spec.get("tracking", {})
     name = run_name(spec["task"], spec["backbone"], spec["mode"], spec["seed"])
     with tracked_run(resolve_uri(tracking.get("uri")), spec["study"], name,

@@ -88,6 +88,7 @@ def _ade20k_task() -> Task:
 
 def _k400_task() -> Task:
     from frozenrep.data.kinetics import KineticsClips, KineticsIndex, class_names, collate, multiview_clips
+    from frozenrep.evaluation.distributed import shard
     from frozenrep.evaluation.video import evaluate_video
     from frozenrep.heads.video import VideoClassifier, VideoHeadConfig, video_loss
 
@@ -106,11 +107,12 @@ def _k400_task() -> Task:
 
     def evaluate(model: nn.Module, val_index: Any, cfg: dict, device: torch.device):
         data, ev = cfg.get("data", {}), cfg.get("eval", {})
+        mine = shard(len(val_index))  # under torchrun: this rank's videos (evaluate_video pools the scores)
         views = multiview_clips(val_index, clip_duration=data.get("clip_duration", 2.0),
                                 clips_per_video=ev.get("clips_per_video", 4),
                                 num_frames=cfg.get("head", {}).get("num_frames", 16), size=data.get("size", 224),
-                                spatial_crops=ev.get("spatial_crops", 3))
-        return evaluate_video(model, views, len(val_index), device, batch_views=ev.get("batch_views", 8))
+                                spatial_crops=ev.get("spatial_crops", 3), videos=mine)
+        return evaluate_video(model, views, len(mine), device, batch_views=ev.get("batch_views", 8))
 
     return Task("k400", ("top1",), datasets, build_head, video_loss, collate, evaluate)
 

@@ -20,7 +20,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import av
 import numpy as np
@@ -408,15 +408,18 @@ def collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.
 
 
 def multiview_clips(index: KineticsIndex, *, clip_duration: float, clips_per_video: int, num_frames: int,
-               size: int, spatial_crops: int):
+                    size: int, spatial_crops: int, videos: Sequence[int] | None = None):
     """Multi-view testing through ``pytorchvideo.data.LabeledVideoDataset``: uniformly spaced clips
     per video (constant-clips-per-video sampler), each cut into ``spatial_crops`` square crops along
-    its longer side. Yields ``(video_index, label, views)`` with views (V, C, T, size, size)."""
+    its longer side. Yields ``(video_index, label, views)`` with views (V, C, T, size, size), for
+    the videos numbered in ``videos`` (default: all)."""
     from pytorchvideo.data import LabeledVideoDataset, make_clip_sampler
     from torchvision.transforms.v2 import functional as TF
 
+    wanted = set(videos) if videos is not None else set()
     dataset = LabeledVideoDataset(
-        [(path, {"label": label, "video_index": k}) for k, (path, label) in enumerate(index.videos)],
+        [(path, {"label": label, "video_index": k}) for k, (path, label) in enumerate(index.videos)
+         if videos is None or k in wanted],
         make_clip_sampler("constant_clips_per_video", clip_duration, clips_per_video),
         video_sampler=torch.utils.data.SequentialSampler, decode_audio=False, decoder="pyav")
     resize = clip_transform(train=False, size=size, num_frames=num_frames)

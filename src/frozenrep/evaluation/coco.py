@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from frozenrep.data.coco import CocoDetection, collate
+from frozenrep.evaluation.distributed import gather, shard
 from frozenrep.progress import Progress
 
 # COCOeval.stats indices -> our metric names (AP in percent, as papers report it)
@@ -73,11 +74,16 @@ def evaluate_detection(model: torch.nn.Module, dataset: CocoDetection, batch_siz
     """Run ``model`` over ``dataset`` and score it with COCOeval; returns metrics and the result records."""
     device = device or next(model.parameters()).device
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
+    mine = shard(len(dataset))  # under torchrun: this rank's images; the results are pooled below
+    loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False, collate_fn=collate,
+                        num_workers=num_workers)
     results: list[dict[str, Any]] = []
-    with Progress(len(dataset), "evaluate coco", unit="img") as progress:
+    with Progress(len(mine), "evaluate coco", unit="img") as progress:
         for images, targets in loader:
             outputs = model([img.to(device) for img in images])
             results.extend(predictions_to_coco(outputs, [t["image_id"] for t in targets], dataset))
             progress.update(len(images))
+    # Every rank's records, in the dataset's image order (stable: an image's own records keep theirs).
+    position = {image_id: k for k, image_id in enumerate(dataset.ids)}
+    results = sorted(gather(results), key=lambda record: position[record["image_id"]])
     return coco_ap(dataset, results, image_ids=dataset.ids), results

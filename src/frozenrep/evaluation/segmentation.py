@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from frozenrep.evaluation.distributed import shard, sum_over_ranks
 from frozenrep.progress import Progress
 
 IGNORE_INDEX = 255
@@ -55,13 +56,14 @@ def evaluate_segmentation(model: torch.nn.Module, dataset: Any, *, short_side: i
     model.eval()
     conf = torch.zeros(dataset.num_classes, dataset.num_classes, dtype=torch.int64)
     start = time.monotonic()
-    with Progress(len(dataset), "evaluate ade20k", unit="img") as progress:
-        for index in range(len(dataset)):
+    mine = shard(len(dataset))  # under torchrun: this rank's images; the confusion matrices are summed below
+    with Progress(len(mine), "evaluate ade20k", unit="img") as progress:
+        for index in mine:
             image, labels = dataset[index]
             pred = predict(model, image.to(device), short_side=short_side, crop_size=crop_size, mode=mode,
                            stride=stride).cpu()
             conf += confusion_matrix(pred, labels, dataset.num_classes)
             progress.update()
-    metrics = metrics_from_confusion(conf)
+    metrics = metrics_from_confusion(sum_over_ranks(conf))
     metrics["seconds"] = time.monotonic() - start
     return metrics, conf

@@ -6,6 +6,7 @@ from typing import Any, Iterable
 
 import torch
 
+from frozenrep.evaluation.distributed import gather
 from frozenrep.progress import Progress
 
 
@@ -21,17 +22,21 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
 @torch.no_grad()
 def evaluate_video(model: torch.nn.Module, videos: Iterable[tuple[int, int, torch.Tensor]], num_videos: int,
                    device: torch.device, batch_views: int = 8) -> tuple[dict[str, Any], torch.Tensor]:
-    """``videos`` yields ``(video_index, label, views)``; every view is scored, scores averaged per video."""
+    """``videos`` yields ``(video_index, label, views)``; every view is scored, scores averaged per video.
+
+    Under torchrun ``videos`` holds this rank's share (``num_videos`` counts them); the ranks' scores
+    are pooled and put in video order before the accuracy is computed.
+    """
     model.eval()
-    all_scores, labels = [], []
+    scored: list[tuple[int, int, torch.Tensor, int]] = []  # (video index, label, mean scores, views)
     with Progress(num_videos, "evaluate k400", unit="video") as progress:
-        for _, label, views in videos:
+        for index, label, views in videos:
             probs = torch.cat([model(views[i:i + batch_views].to(device)).softmax(-1).cpu()
                                for i in range(0, len(views), batch_views)])
-            all_scores.append(probs.mean(0))
-            labels.append(label)
+            scored.append((index, label, probs.mean(0), len(views)))
             progress.update()
-    scores = torch.stack(all_scores) if all_scores else torch.zeros(0, 1)
-    metrics: dict[str, Any] = topk_accuracy(scores, torch.tensor(labels, dtype=torch.long))
-    metrics["views_per_video"] = len(views) if all_scores else 0
+    scored = sorted(gather(scored), key=lambda item: item[0])
+    scores = torch.stack([s for _, _, s, _ in scored]) if scored else torch.zeros(0, 1)
+    metrics: dict[str, Any] = topk_accuracy(scores, torch.tensor([label for _, label, _, _ in scored], dtype=torch.long))
+    metrics["views_per_video"] = scored[-1][3] if scored else 0
     return metrics, scores
