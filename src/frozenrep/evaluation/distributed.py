@@ -19,7 +19,7 @@ def shard(count: int) -> list[int]:
 
 def gather(items: list[Any]) -> list[Any]:
     """Every rank's ``items`` (picklable), concatenated in rank order, on every rank."""
-    rank, world = distributed()
+    _, world = distributed()
     if world == 1:
         return list(items)
     import torch.distributed as dist
@@ -31,7 +31,7 @@ def gather(items: list[Any]) -> list[Any]:
 
 def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     """The element-wise sum of ``tensor`` over the ranks (integer tensors stay exact)."""
-    rank, world = distributed()
+    _, world = distributed()
     if world == 1:
         return tensor
     import torch.distributed as dist
