@@ -12,7 +12,8 @@ STAMP := $(VENV)/.frozenrep-installed
 table1: $(STAMP)
 	$(BIN)/snakemake --cores all results/table1.csv
 
-# PYTEST_ARGS="-m 'not slurm'" leaves out the test that starts a SLURM cluster (it needs root and apt-get).
+# PYTEST_ARGS="-m 'not slurm and not browser'" leaves out the tests that start a SLURM cluster and
+# drive Chromium (both install Debian packages with apt-get; the SLURM one needs root).
 PYTEST_ARGS ?=
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -14,6 +14,10 @@ if not workflow.overwrite_configfiles:
 validate(config, "params/schemas/config.schema.yaml", set_default=True)
 
 
+# snakemake --report results/report.html: the table, the curves and the prediction pictures.
+report: "rules/report/workflow.rst"
+
+
 include: "rules/common.smk"
 
 

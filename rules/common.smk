@@ -15,10 +15,12 @@ SEEDS = list(range(config["seeds"]))
 
 
 def init_tracking():
-    """Create the tracking store and the study's experiment once, before jobs race to do it."""
-    from frozenrep.tracking import ensure_experiment, resolve_uri
+    """Create the tracking store, the study's experiment and table1's parent run once, before jobs race to."""
+    from frozenrep.tracking import ensure_experiment, parent_run, resolve_uri
 
-    ensure_experiment(resolve_uri(config["tracking"]["uri"]), config["study"], config["tracking"]["artifacts"])
+    uri = resolve_uri(config["tracking"]["uri"])
+    ensure_experiment(uri, config["study"], config["tracking"]["artifacts"])
+    parent_run(uri, config["study"], "table1")
 
 
 def get_final_outputs():

@@ -7,6 +7,13 @@ rule train_head:
     output:
         head="runs/{task}/{backbone}/{mode}/seed{seed}/head.safetensors",
         curve="results/curves/{task}/{backbone}/{mode}/seed{seed}.csv",
+        plot=report(
+            "results/plots/{task}/{backbone}/{mode}/seed{seed}.png",
+            caption="report/curve.rst",
+            category="Training curves",
+            subcategory="{task}",
+            labels={"backbone": "{backbone}", "mode": "{mode}", "seed": "{seed}"},
+        ),
     params:
         spec=job_spec,
         launcher=train_launcher,
@@ -23,8 +30,8 @@ rule train_head:
         "../envs/frozenrep.yaml"
     shell:
         "{params.launcher} workflow_scripts/train.py --spec {params.spec:q} --checkpoint {input.checkpoint:q}"
-        " --manifest {input.manifest:q} --out {output.head:q} --curve {output.curve:q} --threads {threads}"
-        " 2> {log:q}"
+        " --manifest {input.manifest:q} --out {output.head:q} --curve {output.curve:q} --plot {output.plot:q}"
+        " --threads {threads} 2> {log:q}"
 
 
 rule evaluate_head:
@@ -33,9 +40,18 @@ rule evaluate_head:
         head="runs/{task}/{backbone}/{mode}/seed{seed}/head.safetensors",
     output:
         metrics="results/metrics/{task}/{backbone}/{mode}/seed{seed}.json",
+        pictures=report(
+            directory("results/predictions/{task}/{backbone}/{mode}/seed{seed}"),
+            patterns=["{sample}.png"],
+            caption="report/predictions.rst",
+            category="Predictions",
+            subcategory="{task}",
+            labels={"backbone": "{backbone}", "mode": "{mode}", "seed": "{seed}", "sample": "{sample}"},
+        ),
     params:
         spec=job_spec,
         cache=feature_cache_option,
+        pictures=config["pictures"],
     log:
         "logs/evaluate/{task}/{backbone}/{mode}/seed{seed}.log",
     benchmark:
@@ -50,4 +66,4 @@ rule evaluate_head:
     shell:
         "python workflow_scripts/evaluate.py --spec {params.spec:q} --checkpoint {input.checkpoint:q}"
         " --manifest {input.manifest:q} --head {input.head:q} --out {output.metrics:q} --threads {threads}"
-        " {params.cache} 2> {log:q}"
+        " --pictures {output.pictures:q} --num-pictures {params.pictures} {params.cache} 2> {log:q}"

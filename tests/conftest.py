@@ -148,11 +148,63 @@ def tiny_detector(tiny_entry):
     return make
 
 
+@dataclass
+class MlflowServer:
+    uri: str
+    store: Path        # the server's sqlite backend store
+    artifacts: Path    # where the server keeps (proxied) artifacts
+
+
 @pytest.fixture(scope="session")
-def ci_run(tmp_path_factory):
-    """The CI profile's whole DAG, run once with Snakemake: (workspace, completed process)."""
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on a free 127.0.0.1 port (sqlite store, proxied artifacts)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = MlflowServer(f"http://127.0.0.1:{port}", root / "store.db", root / "artifacts")
+    log = open(root / "server.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                                "--workers", "1", "--backend-store-uri", f"sqlite:///{server.store}",
+                                "--artifacts-destination", str(server.artifacts)],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{server.uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not come up on port {port}:\n{(root / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield server
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory, mlflow_server):
+    """The CI profile's whole DAG, run once with Snakemake, tracked on a real MLflow server:
+    (workspace, completed process)."""
     from workspace import make_workspace, snakemake
 
     ws = make_workspace(tmp_path_factory.mktemp("ci") / "ws")
-    result = snakemake(ws, "--cores", "2", "--configfile=params/ci.yaml", "results/table1.csv")
+    result = snakemake(ws, "--cores", "2", "--configfile=params/ci.yaml", "results/table1.csv",
+                       env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
     return ws, result

@@ -115,8 +115,13 @@ def test_pretrained_checkpoint_is_reproducible_and_loads_as_a_backbone(tmp_path,
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking["uri"])
-    runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    everything = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    parent = [r for r in everything if r.data.tags.get("role") == "table"]
+    runs = [r for r in everything if r.data.tags.get("role") != "table"]
+    assert [p.info.run_name for p in parent] == ["table1"]  # pretraining runs are children of the table's run
     assert len(runs) == 2 and {r.data.tags["task"] for r in runs} == {"pretrain"}
+    assert {r.info.run_name for r in runs} == {f"pretrain-{name}-full-s{Recipe.of(entry).seed}"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent[0].info.run_id}
     assert all(r.info.status == "FINISHED" and "pretrain/seconds" in r.data.metrics for r in runs)
 
 

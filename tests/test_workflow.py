@@ -5,6 +5,8 @@ import re
 
 import pandas as pd
 import pytest
+import yaml
+from pathlib import Path
 
 from workspace import REPO, make_workspace, snakemake
 
@@ -81,32 +83,104 @@ def test_frozen_evaluations_fill_the_feature_cache(ci_run):
     assert list((ws / "cache" / "features").rglob("*.feat"))
 
 
-def test_second_run_does_nothing(ci_run):
+def test_second_run_does_nothing(ci_run, mlflow_server):
     ws, _ = ci_run
-    result = snakemake(ws, "--cores", "2", "--configfile=params/ci.yaml", "results/table1.csv")
+    result = snakemake(ws, "--cores", "2", "--configfile=params/ci.yaml", "results/table1.csv",
+                       env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
 
 
-def test_every_job_is_an_mlflow_run(ci_run):
+RUN_NAMES = [f"{task}-tiny-swin-none-{mode}-s0" for task in ("ade20k", "coco", "k400") for mode in ("finetune", "frozen")]
+
+
+def test_mlflow_server_holds_a_parent_run_per_table_and_a_child_per_job(ci_run, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    ws, _ = ci_run
-    client = MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlruns.db'}")
-    experiment = client.get_experiment_by_name("ci")
+    ws, result = ci_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    experiment = client.get_experiment_by_name("ci")  # one experiment per study (profile)
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # the server's store, not a local path
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == [f"{task}-tiny-swin-none-{mode}-s0" for task in ("ade20k", "coco", "k400")
-                                                     for mode in ("finetune", "frozen")]
+    parents = [r for r in runs if r.data.tags.get("role") == "table"]
+    assert [(p.info.run_name, p.info.status) for p in parents] == [("table1", "FINISHED")]
+    parent = parents[0]
+    children = [r for r in runs if r is not parent]
+    assert sorted(r.info.run_name for r in children) == RUN_NAMES
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+
+    # the table's cells on the parent, equal to results/table1.json; the table files as its artifacts
+    table = json.loads((ws / "results/table1.json").read_text())
+    expected = {f"tiny-swin-none/{mode}/{column}": value for mode, cells in table["tiny-swin-none"].items()
+                for column, value in cells.items()}
+    assert parent.data.metrics == pytest.approx(expected)
+    assert sorted(a.path for a in client.list_artifacts(parent.info.run_id, "table")) == [
+        f"table/table1.{ext}" for ext in ("csv", "json", "md", "png")]
+
     sha = (ws / "checkpoints/tiny-swin-none.safetensors.sha256").read_text().split()[0]
-    for run in runs:
+    config = yaml.safe_load((ws / "params/ci.yaml").read_text())
+    keys_of_task: dict[str, set] = {}
+    for run in children:
         assert run.info.status == "FINISHED"
         tags = run.data.tags
         task = tags["task"]
         assert {tags["backbone"], tags["pretraining"], tags["seed"]} == {"tiny-swin-none", "none", "0"}
         assert tags["mode"] in ("frozen", "finetune") and tags["checkpoint_sha256"] == sha and tags["git_commit"]
+        assert len(tags["data_sha256"]) == 64 and len(tags["head_sha256"]) == 16
+        for key, value in config[task]["head"].items():  # head settings, filterable as tags
+            assert tags[f"head.{key}"] == str(value), (task, key)
         expected = {"coco": {"coco/box_ap", "coco/mask_ap"}, "ade20k": {"ade20k/miou", "ade20k/pixel_acc"},
                     "k400": {"k400/top1", "k400/top5"}}[task]
         assert expected | {"train/loss", "train/lr", f"{task}/skipped_samples"} <= set(run.data.metrics)
+        keys_of_task.setdefault(task, set(run.data.metrics))
+        assert set(run.data.metrics) == keys_of_task[task]  # the same keys for every run of a task
         assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 3  # log_every 2 of 6 steps
         assert run.data.params["train.steps"] == "6" and int(run.data.params["trainable_params"]) > 0
-        artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
-        assert {"seed0.json", "config.json"} <= set(artifacts)
+
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert artifacts == {"seed0.json", "config.json", "plots", "predictions"}
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/seed0.png"]
+        pictures = [a.path for a in client.list_artifacts(run.info.run_id, "predictions")]
+        assert len(pictures) == 4 and all(p.endswith(".png") for p in pictures)
+        local = ws / "results/predictions" / task / "tiny-swin-none" / tags["mode"] / "seed0"
+        assert sorted(p.split("/")[-1] for p in pictures) == sorted(f.name for f in local.glob("*.png"))
+        # the artifacts went through the server into its artifact store
+        downloaded = client.download_artifacts(run.info.run_id, "config.json", str(ws / "downloads" / run.info.run_id))
+        assert json.loads(Path(downloaded).read_text())["task"] == task
+    assert len(list(mlflow_server.artifacts.rglob("*.png"))) == 6 * 5 + 1
+
+
+def test_run_pictures_are_drawn(ci_run):
+    """Prediction pictures and curve plots are real PNGs of sensible sizes (ground truth beside prediction)."""
+    from PIL import Image
+
+    ws, _ = ci_run
+    for task, panels in (("coco", 2), ("ade20k", 3), ("k400", 1)):
+        for mode in ("frozen", "finetune"):
+            folder = ws / "results/predictions" / task / "tiny-swin-none" / mode / "seed0"
+            pictures = sorted(folder.glob("*.png"))
+            assert len(pictures) == 4, folder
+            with Image.open(pictures[0]) as image:
+                # each panel is the 64-px sample scaled up to 256 px (k400: four 128-px frames in a row)
+                expected_width = 512 if task == "k400" else panels * 256 + 4 * (panels - 1)
+                assert image.size[0] == expected_width and image.size[1] > 128, (task, image.size)
+            with Image.open(ws / "results/plots" / task / "tiny-swin-none" / mode / "seed0.png") as plot:
+                assert plot.size == (900, 320)
+
+
+def test_report_holds_the_table_the_curves_and_the_pictures(ci_run):
+    import base64
+
+    ws, _ = ci_run
+    result = snakemake(ws, "--configfile=params/ci.yaml", "--report", "results/report.html", "results/table1.csv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (ws / "results/report.html").read_text()
+    # every file is embedded as a data URI (Snakemake 9's HTML report)
+    embedded = re.findall(r"data:([a-z/]+);charset=utf8;filename=[^;]*;base64,([A-Za-z0-9+/=]+)", html)
+    csvs = [base64.b64decode(data) for kind, data in embedded if kind == "text/csv"]
+    assert csvs == [(ws / "results/table1.csv").read_bytes()]
+    pngs = [data for kind, data in embedded if kind == "image/png"]
+    assert len(pngs) == 1 + 6 + 6 * 4  # table chart, one curve per training, four pictures per evaluation
+    for caption in ("Table 1 of study &quot;ci&quot;", "Training curve of the coco head",
+                    "beside prediction", "frames of the centre view"):
+        assert caption in html, caption

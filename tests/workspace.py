@@ -66,9 +66,11 @@ def tool_env(workspace: Path) -> dict[str, str]:
     return env
 
 
-def snakemake(workspace: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([SNAKEMAKE, *args], cwd=workspace, env=tool_env(workspace), capture_output=True, text=True,
-                          timeout=timeout)
+def snakemake(workspace: Path, *args: str, timeout: int = 900, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess:
+    """Run snakemake in ``workspace``; ``env`` adds to (or overrides) :func:`tool_env`."""
+    return subprocess.run([SNAKEMAKE, *args], cwd=workspace, env={**tool_env(workspace), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def resolved_profile(name: str = "ci.yaml") -> dict:

@@ -21,12 +21,15 @@ parser.add_argument("--out", required=True, type=Path, help="metrics JSON")
 parser.add_argument("--threads", type=int, default=1)
 parser.add_argument("--feature-cache", type=Path, default=None,
                     help="frozen-backbone feature cache folder (params: feature_cache)")
+parser.add_argument("--pictures", type=Path, default=None,
+                    help="folder for validation samples drawn with their predictions (PNG)")
+parser.add_argument("--num-pictures", type=int, default=4, help="how many samples --pictures draws")
 args = parser.parse_args()
 setup_logging()
 set_threads(args.threads)
 try:
     run_evaluation(json.loads(args.spec), args.checkpoint, args.manifest, args.head, args.out,
-                   feature_cache=args.feature_cache)
+                   feature_cache=args.feature_cache, pictures=args.pictures, num_pictures=args.num_pictures)
 finally:
     import torch.distributed as dist
 

@@ -17,12 +17,13 @@ parser.add_argument("--checkpoint", required=True, type=Path)
 parser.add_argument("--manifest", required=True, type=Path)
 parser.add_argument("--out", required=True, type=Path, help="head weights (safetensors)")
 parser.add_argument("--curve", type=Path, help="training curve (CSV), one row per logged step")
+parser.add_argument("--plot", type=Path, help="training curve as a plot (PNG)")
 parser.add_argument("--threads", type=int, default=1)
 args = parser.parse_args()
 setup_logging()
 set_threads(args.threads)
 try:
-    run_training(json.loads(args.spec), args.checkpoint, args.manifest, args.out, args.curve)
+    run_training(json.loads(args.spec), args.checkpoint, args.manifest, args.out, args.curve, args.plot)
 finally:
     import torch.distributed as dist
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from frozenrep.backbones import BackboneAdapter, FeatureCache, build_backbone, trainable_state_dict
 from frozenrep.checkpoints import CheckpointEntry
-from frozenrep.io import atomic_path, file_digest, write_json_atomic, write_text_atomic
+from frozenrep.io import atomic_dir, atomic_path, file_digest, write_json_atomic, write_text_atomic
 from frozenrep.progress import log
 from frozenrep.tasks import dataclass_from, get_task
 from frozenrep.tracking import flatten, git_commit, resolve_uri, run_name, tracked_run
@@ -60,9 +60,14 @@ def build_model(spec: dict[str, Any], checkpoint: Path, train_set: Any) -> torch
 
 
 def job_tags(spec: dict[str, Any], checkpoint: Path, manifest: Path, job: str) -> dict[str, Any]:
+    """What a user filters runs on: the job's identity, its head settings (``head.<key>``, and
+    ``head_sha256`` of the whole task config, equal for runs with the same settings), the code and
+    the inputs' hashes."""
+    head = flatten("head", spec["task_config"].get("head", {}))
     return {"task": spec["task"], "backbone": spec["backbone"], "pretraining": spec["entry"]["pretraining"],
             "mode": spec["mode"], "seed": spec["seed"], "job": job, "git_commit": git_commit(),
-            "checkpoint_sha256": checkpoint_sha256(checkpoint), "data_sha256": file_digest(manifest)}
+            "checkpoint_sha256": checkpoint_sha256(checkpoint), "data_sha256": file_digest(manifest),
+            "head_sha256": fingerprint_of(spec["task_config"])[:16], **head}
 
 
 def job_fingerprint(spec: dict[str, Any], checkpoint: Path) -> str:
@@ -79,8 +84,9 @@ def prepare_job(spec: dict[str, Any], checkpoint: Path, manifest: Path, device: 
 
 
 def run_training(spec: dict[str, Any], checkpoint: Path, manifest: Path, out_head: Path,
-                 out_curve: Path | None = None) -> None:
-    """Train the task head; write ``out_head`` (safetensors) and ``out_curve`` (CSV) atomically when done.
+                 out_curve: Path | None = None, out_plot: Path | None = None) -> None:
+    """Train the task head; write ``out_head`` (safetensors), ``out_curve`` (CSV) and ``out_plot``
+    (the curve as PNG, also an MLflow artifact) atomically when done.
 
     Under torchrun every rank trains its share of each batch; rank 0 alone tracks the run and
     writes files.
@@ -118,6 +124,10 @@ def run_training(spec: dict[str, Any], checkpoint: Path, manifest: Path, out_hea
                                                  "steps": str(result["step"])})
         if out_curve is not None:
             write_curve(result["curve"], out_curve)
+        if out_plot is not None:
+            from frozenrep.pictures import plot_curve
+
+            run.log_artifact(plot_curve(result["curve"], out_plot, f"{name}: training curve"), "plots")
         log.info("%s: %d steps, final loss %.4f, %d trainable parameters -> %s", name, result["step"],
                  result["losses"].get("loss", float("nan")), trainable, out_head)
 
@@ -143,10 +153,12 @@ def attach_feature_cache(model: torch.nn.Module, checkpoint: Path, root: Path | 
 
 
 def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head: Path, out_metrics: Path,
-                   feature_cache: Path | None = None) -> None:
+                   feature_cache: Path | None = None, pictures: Path | None = None, num_pictures: int = 4) -> None:
     """Score the trained head on the validation split; write ``out_metrics`` (JSON) atomically.
 
     With ``feature_cache`` a frozen backbone's features are read from / written to that folder.
+    With ``pictures`` the first ``num_pictures`` validation samples are drawn with their
+    predictions into that folder (replaced as a whole) and logged as MLflow artifacts.
     Under torchrun every rank scores its share of the validation set and the metric is computed
     over the pooled predictions; rank 0 alone tracks the run and writes the file (its feature-cache
     counts are its own share's).
@@ -174,7 +186,7 @@ def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head:
                      job_tags(spec, checkpoint, manifest, "train+evaluate"),
                      resume_run_id=meta.get("mlflow_run_id")) as run:
         start = time.monotonic()
-        metrics, _ = task.evaluate(model, val_set, spec["task_config"], device)
+        metrics, predictions = task.evaluate(model, val_set, spec["task_config"], device)
         seconds = time.monotonic() - start
         scalars = {f"{spec['task']}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         skipped = [{"split": split, "file": f, "reason": r} for split, ds in (("train", train_set), ("val", val_set))
@@ -189,6 +201,11 @@ def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head:
                   "feature_cache": ({"hits": sum(c.hits for c in caches), "misses": sum(c.misses for c in caches)}
                                     if caches else None), "checkpoint_sha256": checkpoint_sha256(checkpoint),
                   "data_sha256": file_digest(manifest), "mlflow_run_id": run.run_id}
+        if pictures is not None:
+            with atomic_dir(pictures) as tmp:
+                task.pictures(model, val_set, spec["task_config"], device, predictions, tmp, num_pictures)
+            for path in sorted(pictures.iterdir()):
+                run.log_artifact(path, "predictions")
         write_json_atomic(out_metrics, record)
         run.log_artifact(out_metrics)
         log.info("%s: %s", name, ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, (int, float))))

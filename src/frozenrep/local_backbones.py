@@ -24,7 +24,7 @@ def pretrain(entry: CheckpointEntry, state_dir: Path, tracking: dict[str, Any] |
     from frozenrep.pretraining import (LabelledImages, Recipe, build_pretrainer, classification_accuracy,
                                        collate, simmim_loss, supervised_loss)
     from frozenrep.tasks import dataclass_from
-    from frozenrep.tracking import flatten, resolve_uri, tracked_run
+    from frozenrep.tracking import flatten, resolve_uri, run_name, tracked_run
     from frozenrep.training import TrainConfig, fingerprint_of, train
 
     recipe = Recipe.of(entry)
@@ -34,9 +34,12 @@ def pretrain(entry: CheckpointEntry, state_dir: Path, tracking: dict[str, Any] |
     model = build_pretrainer(entry, recipe)
     loss_fn = supervised_loss if recipe.init == "supervised" else simmim_loss
     fingerprint = fingerprint_of(entry.__dict__)
-    tags = {"task": "pretrain", "backbone": entry.name, "pretraining": recipe.init, "seed": recipe.seed}
+    # mode "full": every weight trains (there is no frozen part in pretraining)
+    tags = {"task": "pretrain", "backbone": entry.name, "pretraining": recipe.init, "mode": "full",
+            "seed": recipe.seed, "job": "pretrain", "arch": entry.arch}
     params = {**flatten("", entry.create), "arch": entry.arch}
-    with tracked_run(resolve_uri((tracking or {}).get("uri")), study, f"pretrain/{entry.name}", tags, params) as run:
+    name = run_name("pretrain", entry.name, "full", recipe.seed)
+    with tracked_run(resolve_uri((tracking or {}).get("uri")), study, name, tags, params) as run:
         start = time.monotonic()
         result = train(model, dataset, collate, loss_fn, cfg, state_dir, seed=recipe.seed, fingerprint=fingerprint,
                        logger=run, device=device)

@@ -73,14 +73,25 @@ def write_table(table: pd.DataFrame, out: str | Path) -> None:
         table.to_csv(tmp, index=False, float_format="%.2f")
 
 
-def write_table_json(table: pd.DataFrame, out: str | Path) -> None:
-    """The same numbers nested as ``{backbone: {mode: {column: value}}}`` (DVC metrics), atomically."""
+def nested_cells(table: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
+    """The table as ``{backbone: {mode: {column: value}}}`` (empty cells left out)."""
     nested: dict[str, dict[str, dict[str, float]]] = {}
     for row in table.to_dict("records"):
         cells = {k: (round(float(v), 2) if k != "seeds" else int(v)) for k, v in row.items()
                  if k not in KEY_COLUMNS and pd.notna(v)}
         nested.setdefault(row["backbone"], {})[row["mode"]] = cells
-    write_json_atomic(out, nested)
+    return nested
+
+
+def table_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """Every cell as one MLflow metric, ``<backbone>/<mode>/<column>`` (e.g. ``tiny-swin-none/frozen/k400_top1``)."""
+    return {f"{backbone}/{mode}/{column}": value for backbone, modes in nested_cells(table).items()
+            for mode, cells in modes.items() for column, value in cells.items()}
+
+
+def write_table_json(table: pd.DataFrame, out: str | Path) -> None:
+    """The same numbers nested as ``{backbone: {mode: {column: value}}}`` (DVC metrics), atomically."""
+    write_json_atomic(out, nested_cells(table))
 
 
 def write_table_markdown(table: pd.DataFrame, out: str | Path, caption: str = "") -> None:

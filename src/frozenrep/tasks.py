@@ -40,6 +40,8 @@ class Task:
     loss: Callable[[nn.Module, Any], dict[str, torch.Tensor]]
     collate: Callable
     evaluate: Callable[[nn.Module, Dataset, dict, torch.device], tuple[dict[str, float], Any]]
+    # (model, val set, cfg, device, evaluate's second result, out dir, count) -> the PNGs written
+    pictures: Callable[[nn.Module, Any, dict, torch.device, Any, Path, int], list[Path]]
 
 
 def _coco_task() -> Task:
@@ -57,7 +59,13 @@ def _coco_task() -> Task:
     def evaluate(model: nn.Module, val_set: Dataset, cfg: dict, device: torch.device):
         return evaluate_detection(model, val_set, batch_size=cfg.get("eval", {}).get("batch_size", 2), device=device)
 
-    return Task("coco", ("box_ap", "mask_ap"), datasets, build_head, detection_loss, collate, evaluate)
+    def pictures(model: nn.Module, val_set: Dataset, cfg: dict, device: torch.device, results: Any, out: Path,
+                 count: int) -> list[Path]:
+        from frozenrep.pictures import detection_pictures
+
+        return detection_pictures(val_set, results, out, count)
+
+    return Task("coco", ("box_ap", "mask_ap"), datasets, build_head, detection_loss, collate, evaluate, pictures)
 
 
 def _ade20k_task() -> Task:
@@ -77,13 +85,21 @@ def _ade20k_task() -> Task:
         head = dataclass_from(SegmentationHeadConfig, cfg.get("head", {}), "ade20k.head")
         return Mask2FormerSegmenter(backbone, train_set.num_classes, head, entry.input_mean, entry.input_std)
 
-    def evaluate(model: nn.Module, val_set: Dataset, cfg: dict, device: torch.device):
+    def predict_options(cfg: dict) -> dict[str, Any]:
         ev, data = cfg.get("eval", {}), cfg.get("data", {})
-        return evaluate_segmentation(model, val_set, short_side=ev.get("short_side", 512),
-                                     crop_size=data.get("crop_size", 512), mode=ev.get("mode", "whole"),
-                                     stride=ev.get("stride"), device=device)
+        return dict(short_side=ev.get("short_side", 512), crop_size=data.get("crop_size", 512),
+                    mode=ev.get("mode", "whole"), stride=ev.get("stride"))
 
-    return Task("ade20k", ("miou",), datasets, build_head, segmentation_loss, collate, evaluate)
+    def evaluate(model: nn.Module, val_set: Dataset, cfg: dict, device: torch.device):
+        return evaluate_segmentation(model, val_set, device=device, **predict_options(cfg))
+
+    def pictures(model: nn.Module, val_set: Dataset, cfg: dict, device: torch.device, _: Any, out: Path,
+                 count: int) -> list[Path]:
+        from frozenrep.pictures import segmentation_pictures
+
+        return segmentation_pictures(model, val_set, out, count, device, **predict_options(cfg))
+
+    return Task("ade20k", ("miou",), datasets, build_head, segmentation_loss, collate, evaluate, pictures)
 
 
 def _k400_task() -> Task:
@@ -105,16 +121,26 @@ def _k400_task() -> Task:
         head = dataclass_from(VideoHeadConfig, cfg.get("head", {}), "k400.head")
         return VideoClassifier(backbone, train_set.num_classes, head, entry.input_mean, entry.input_std)
 
+    def views_of(val_index: Any, cfg: dict, videos: Any, clips_per_video: int, spatial_crops: int):
+        data = cfg.get("data", {})
+        return multiview_clips(val_index, clip_duration=data.get("clip_duration", 2.0), clips_per_video=clips_per_video,
+                               num_frames=cfg.get("head", {}).get("num_frames", 16), size=data.get("size", 224),
+                               spatial_crops=spatial_crops, videos=videos)
+
     def evaluate(model: nn.Module, val_index: Any, cfg: dict, device: torch.device):
-        data, ev = cfg.get("data", {}), cfg.get("eval", {})
+        ev = cfg.get("eval", {})
         mine = shard(len(val_index))  # under torchrun: this rank's videos (evaluate_video pools the scores)
-        views = multiview_clips(val_index, clip_duration=data.get("clip_duration", 2.0),
-                                clips_per_video=ev.get("clips_per_video", 4),
-                                num_frames=cfg.get("head", {}).get("num_frames", 16), size=data.get("size", 224),
-                                spatial_crops=ev.get("spatial_crops", 3), videos=mine)
+        views = views_of(val_index, cfg, mine, ev.get("clips_per_video", 4), ev.get("spatial_crops", 3))
         return evaluate_video(model, views, len(mine), device, batch_views=ev.get("batch_views", 8))
 
-    return Task("k400", ("top1",), datasets, build_head, video_loss, collate, evaluate)
+    def pictures(model: nn.Module, val_index: Any, cfg: dict, device: torch.device, scores: Any, out: Path,
+                 count: int) -> list[Path]:
+        from frozenrep.pictures import video_pictures
+
+        first = range(min(count, len(val_index)))  # one centre view of each: the frames shown
+        return video_pictures(val_index, scores, views_of(val_index, cfg, first, 1, 1), out)
+
+    return Task("k400", ("top1",), datasets, build_head, video_loss, collate, evaluate, pictures)
 
 
 _FACTORIES: dict[str, Callable[[], Task]] = {"coco": _coco_task, "ade20k": _ade20k_task, "k400": _k400_task}

@@ -1,9 +1,12 @@
-"""MLflow tracking: one experiment per study, one run per training/evaluation job.
+"""MLflow tracking: one experiment per study, a parent run per table, one child run per job.
 
 The default store is a local sqlite file (``tracking.uri`` in params); ``MLFLOW_TRACKING_URI``
-overrides it. Run names follow ``{task}-{backbone}-{mode}-s{seed}``; every run carries the same
-tags (task, backbone, pretraining, mode, seed, git commit, checkpoint and data hashes), so the
-UI's compare view lines up. The tables never read MLflow: it is for looking, not a cache.
+overrides it (a tracking server: ``http://...``). Each table of a study has one parent run, named
+after the table and tagged ``role=table``; every pretraining, training and evaluation job that
+feeds the table is its child (``mlflow.parentRunId``), and the table's cells are logged on it.
+Child run names follow ``{task}-{backbone}-{mode}-s{seed}``; every child carries the same tags
+(task, backbone, pretraining, mode, seed, head settings, git commit, checkpoint and data hashes),
+so the UI's compare view lines up. The tables never read MLflow: it is for looking, not a cache.
 """
 
 from __future__ import annotations
@@ -40,15 +43,27 @@ def git_commit() -> str:
         return "unknown"
 
 
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server (which decides where artifacts go) rather than a local store."""
+    return uri.split("://", 1)[0] in ("http", "https", "databricks")
+
+
 def ensure_experiment(uri: str, name: str, artifact_root: str | Path = "mlartifacts") -> str:
-    """Create the study's experiment (artifacts under ``artifact_root``) if needed; return its id."""
+    """Create the study's experiment if needed; return its id.
+
+    With a local store its artifacts go under ``artifact_root``; a tracking server keeps its own
+    artifact root (a path on this machine would be wrong for everybody else reading the server).
+    """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = Path(artifact_root).resolve().as_uri() if "://" not in str(artifact_root) else str(artifact_root)
+    if is_server(uri):
+        location = None
+    else:
+        location = Path(artifact_root).resolve().as_uri() if "://" not in str(artifact_root) else str(artifact_root)
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # another job created it between our look-up and create
@@ -60,6 +75,33 @@ def ensure_experiment(uri: str, name: str, artifact_root: str | Path = "mlartifa
 
 def run_name(task: str, backbone: str, mode: str, seed: int) -> str:
     return f"{task}-{backbone}-{mode}-s{seed}"
+
+
+def parent_run(uri: str, experiment: str, table: str) -> str:
+    """The id of ``table``'s parent run in the study's experiment, created (RUNNING) on first use.
+
+    Should two processes create it at once, both settle on the earliest and the other is deleted.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = ensure_experiment(uri, experiment)
+    query = f"tags.role = 'table' and tags.table = '{table}'"
+
+    def existing() -> list[Any]:
+        runs = client.search_runs([experiment_id], query, max_results=50)
+        return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+    runs = existing()
+    if runs:
+        return runs[0].info.run_id
+    mine = client.create_run(experiment_id, run_name=table,
+                             tags={"role": "table", "table": table, "study": experiment,
+                                   "git_commit": git_commit()}).info.run_id
+    first = existing()[0].info.run_id
+    if first != mine:
+        client.delete_run(mine)
+    return first
 
 
 class RunLogger:
@@ -109,12 +151,15 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def tracked_run(uri: str, experiment: str, name: str, tags: dict[str, Any], params: dict[str, Any] | None = None,
-                resume_run_id: str | None = None) -> Iterator[RunLogger]:
-    """Open (or reopen) a run; mark it FINISHED on success, FAILED with the error on an exception."""
+                resume_run_id: str | None = None, parent: str | None = "table1") -> Iterator[RunLogger]:
+    """Open (or reopen) a run, a child of table ``parent``'s run; mark it FINISHED on success,
+    FAILED with the error on an exception."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
+    if parent:
+        tags = {**tags, "mlflow.parentRunId": parent_run(uri, experiment, parent)}
     run_id = None
     if resume_run_id:
         try:
@@ -137,3 +182,21 @@ def tracked_run(uri: str, experiment: str, name: str, tags: dict[str, Any], para
         client.set_terminated(run_id, status="FAILED" if isinstance(err, Exception) else "KILLED")
         raise
     client.set_terminated(run_id, status="FINISHED")
+
+
+def log_table(uri: str, experiment: str, table_name: str, cells: dict[str, float], files: list[Path]) -> str:
+    """Log a finished table on its parent run: every cell as a metric, the table files as artifacts.
+
+    The parent is marked FINISHED; its id is returned.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    run_id = parent_run(uri, experiment, table_name)
+    logger = RunLogger(client, run_id)
+    logger.set_tags({"git_commit": git_commit()})
+    logger.log_metrics(cells)
+    for path in files:
+        logger.log_artifact(path, "table")
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
