@@ -106,23 +106,19 @@ def task_resource(key):
     return get
 
 
-def train_processes(task):
-    """Processes of one training job: `resources.processes`, else one per GPU (at least one)."""
+def job_processes(task):
+    """Processes of one training or evaluation job: `resources.processes`, else one per GPU (at least one)."""
     resources = config[task]["resources"]
     return resources.get("processes") or max(resources["gpus"], 1)
 
 
-def train_launcher(wildcards):
-    """`python`, or torchrun with one process per GPU (or per `processes`) for data-parallel training."""
-    processes = train_processes(wildcards.task)
+def job_launcher(wildcards):
+    """`python`, or torchrun with one process per GPU (or per `processes`): data-parallel training,
+    and evaluation that splits the validation set over the ranks and pools their predictions."""
+    processes = job_processes(wildcards.task)
     if processes == 1:
         return "python"
     return f"torchrun --standalone --nproc_per_node={processes}"
-
-
-def eval_gpus(wildcards):
-    """Evaluation runs in one process: at most one GPU."""
-    return min(config[wildcards.task]["resources"]["gpus"], 1)
 
 
 def task_threads(wildcards):

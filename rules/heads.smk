@@ -16,7 +16,7 @@ rule train_head:
         ),
     params:
         spec=job_spec,
-        launcher=train_launcher,
+        launcher=job_launcher,
     log:
         "logs/train/{task}/{backbone}/{mode}/seed{seed}.log",
     benchmark:
@@ -52,18 +52,19 @@ rule evaluate_head:
         spec=job_spec,
         cache=feature_cache_option,
         pictures=config["pictures"],
+        launcher=job_launcher,
     log:
         "logs/evaluate/{task}/{backbone}/{mode}/seed{seed}.log",
     benchmark:
         "logs/benchmark/evaluate/{task}/{backbone}/{mode}/seed{seed}.tsv"
     threads: task_threads
     resources:
-        gpu=eval_gpus,
+        gpu=task_resource("gpus"),
         mem_mb=task_resource("mem_mb"),
         runtime=task_resource("runtime"),
     conda:
         "../envs/frozenrep.yaml"
     shell:
-        "python workflow_scripts/evaluate.py --spec {params.spec:q} --checkpoint {input.checkpoint:q}"
+        "{params.launcher} workflow_scripts/evaluate.py --spec {params.spec:q} --checkpoint {input.checkpoint:q}"
         " --manifest {input.manifest:q} --head {input.head:q} --out {output.metrics:q} --threads {threads}"
         " --pictures {output.pictures:q} --num-pictures {params.pictures} {params.cache} 2> {log:q}"

@@ -30,9 +30,9 @@ def test_paper_profile_dry_run_lists_the_whole_dag_offline(tmp_path):
     # 3 tasks x 6 official backbones x (frozen, finetune) x 1 seed
     assert job_counts(result.stdout) == {"prepare_dataset": 3, "fetch_checkpoint": 6, "train_head": 36,
                                          "evaluate_head": 36, "table1": 1}
-    # every training job runs data-parallel on its node's 8 GPUs; evaluation in one process on one GPU
+    # every training and evaluation job runs one process per GPU of its node's 8
     assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/train.py") == 36
-    assert result.stdout.count("python workflow_scripts/evaluate.py") == 36
+    assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/evaluate.py") == 36
     assert "checkpoints/swin-b-simmim.pth" in result.stdout and "checkpoints/swinv2-b-simmim.pth" in result.stdout
     assert "checkpoints/swinv2-l-in22k.pth" in result.stdout
     assert "results/metrics/ade20k/swin-b-in22k/frozen/seed0.json" in result.stdout
@@ -88,6 +88,29 @@ def test_second_run_does_nothing(ci_run, mlflow_server):
     result = snakemake(ws, "--cores", "2", "--configfile=params/ci.yaml", "results/table1.csv",
                        env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_the_evaluate_rule_under_torchrun_gives_the_one_process_metrics(ci_run, mlflow_server, tmp_path):
+    """`resources.processes: 2` for K400: the rule runs evaluate.py under torchrun (two gloo ranks on
+    the CPU), and the metric file holds exactly what the one-process evaluation of the CI run wrote."""
+    import shutil
+
+    ws, result = ci_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy, symlinks=True)
+    (copy / "two-ranks.yaml").write_text("k400:\n  resources:\n    processes: 2\n")
+    target = "results/metrics/k400/tiny-swin-none/frozen/seed0.json"
+    again = snakemake(copy, "--cores", "2", "-p", "--configfile", "params/ci.yaml", "two-ranks.yaml",
+                      "--forcerun", target, "--until", target, "--rerun-triggers", "mtime",  # the head stays
+                      env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
+    assert again.returncode == 0, again.stderr[-3000:]
+    output = again.stdout + again.stderr
+    assert "torchrun --standalone --nproc_per_node=2 workflow_scripts/evaluate.py" in output
+    assert job_counts(output) == {"evaluate_head": 1}
+    one, two = (json.loads((w / target).read_text()) for w in (ws, copy))
+    drop = lambda metrics: {k: v for k, v in metrics.items() if "seconds" not in k}
+    assert drop(two["metrics"]) == drop(one["metrics"]) and two["num_images"] == one["num_images"]
 
 
 RUN_NAMES = [f"{task}-tiny-swin-none-{mode}-s0" for task in ("ade20k", "coco", "k400") for mode in ("finetune", "frozen")]

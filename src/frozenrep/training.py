@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from frozenrep.backbones import BackboneAdapter, trainable_state_dict
 from frozenrep.io import atomic_path
 from frozenrep.progress import Progress, log
+from frozenrep.randomness import batch_seeds
 
 STATE_FILE = "state.pt"
 
@@ -106,6 +107,29 @@ class ResumableBatchSampler(Sampler):
             chunk = perm[pos * self.batch_size:(pos + 1) * self.batch_size].tolist()
             batch = [(i, (self.seed * 1_000_003 + step) * 64 + j) for j, i in enumerate(chunk)]
             yield batch[self.rank::self.world]
+
+
+class KeyedDataset(Dataset):
+    """``dataset[key]`` together with the sample's seed (the second half of the sampler's key)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Any, int]:
+        return self.dataset[key], key[1]
+
+
+class KeyedCollate:
+    """The task's collate function on the samples, and the batch's sample seeds beside it."""
+
+    def __init__(self, collate_fn: Callable) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, items: list[tuple[Any, int]]) -> tuple[Any, list[int]]:
+        return self.collate_fn([sample for sample, _ in items]), [seed for _, seed in items]
 
 
 def distributed() -> tuple[int, int]:
@@ -231,8 +255,9 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
         torch.manual_seed(seed)
 
     sampler = ResumableBatchSampler(len(dataset), cfg.batch_size * world, seed, start, cfg.steps, rank, world)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers,
-                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(KeyedDataset(dataset), batch_sampler=sampler, collate_fn=KeyedCollate(collate_fn),
+                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(seed))
     forward_model: nn.Module = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -251,9 +276,10 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
     losses: dict[str, float] = {}
     step = start
     with Progress(cfg.steps, f"train {run_dir}", unit="step", initial=start, enabled=rank == 0) as progress:
-        for batch in loader:
+        for batch, sample_seeds in loader:
             batch = to_device(batch, device)
-            loss, loss_dict = opt.step(forward_model, loss_fn, batch, where=f"step {step} in {run_dir}")
+            with batch_seeds(sample_seeds):  # randomness inside the losses is drawn per sample
+                loss, loss_dict = opt.step(forward_model, loss_fn, batch, where=f"step {step} in {run_dir}")
             step += 1
             losses = mean_over_ranks({"loss": loss.detach(), **{k: v.detach() for k, v in loss_dict.items()}}, world)
             progress.update(1, loss=losses["loss"])

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -21,6 +22,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from frozenrep.backbones import BackboneAdapter
+from frozenrep.randomness import current_batch_seeds, sample_rng
 
 
 @dataclass
@@ -69,6 +71,32 @@ class FPNBackbone(nn.Module):
         return self.fpn(self.body(images))
 
 
+class PerSampleSampler(BalancedPositiveNegativeSampler):
+    """torchvision's positive/negative sampler, drawing each training image's anchors (RPN) or
+    proposals (box head) from that sample's own seed (:mod:`frozenrep.randomness`), so an image gets
+    the same ones whichever rank and batch it is in. Without published seeds it is torchvision's."""
+
+    def __init__(self, sampler: BalancedPositiveNegativeSampler, stream: int) -> None:
+        super().__init__(sampler.batch_size_per_image, sampler.positive_fraction)
+        self.stream = stream
+
+    def __call__(self, matched_idxs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        seeds = current_batch_seeds(len(matched_idxs))
+        if seeds is None:
+            positives, negatives = super().__call__(matched_idxs)
+        else:
+            positives, negatives = [], []
+            for seed, matched in zip(seeds, matched_idxs):
+                with sample_rng(seed, self.stream, matched.device):
+                    pos, neg = super().__call__([matched])
+                positives += pos
+                negatives += neg
+        # what the losses of this batch are averaged over: sampled positives, and all sampled
+        self.counts = (sum(int(p.sum()) for p in positives),
+                       sum(int(p.sum()) + int(n.sum()) for p, n in zip(positives, negatives)))
+        return positives, negatives
+
+
 def build_mask_rcnn(backbone: BackboneAdapter, num_classes: int, head: DetectionHeadConfig,
                     image_mean: Sequence[float], image_std: Sequence[float]) -> MaskRCNN:
     """Mask R-CNN with FPN on ``backbone``; sized from the adapter's channels and levels only."""
@@ -90,7 +118,7 @@ def build_mask_rcnn(backbone: BackboneAdapter, num_classes: int, head: Detection
         box_head = TwoMLPHead(channels * 7 * 7, head.box_head_fc)
     mask_head = MaskRCNNHeads(channels, [channels] * head.mask_head_convs, 1, norm_layer=_group_norm)
     mask_predictor = MaskRCNNPredictor(channels, channels, num_classes)
-    return MaskRCNN(
+    model = MaskRCNN(
         fpn, num_classes=None, min_size=head.min_size, max_size=head.max_size,
         image_mean=list(image_mean), image_std=list(image_std),
         rpn_anchor_generator=anchors, rpn_head=rpn_head,
@@ -102,9 +130,38 @@ def build_mask_rcnn(backbone: BackboneAdapter, num_classes: int, head: Detection
         box_detections_per_img=head.detections_per_image, box_score_thresh=head.score_threshold,
         mask_roi_pool=mask_pool, mask_head=mask_head, mask_predictor=mask_predictor,
     )
+    model.rpn.fg_bg_sampler = PerSampleSampler(model.rpn.fg_bg_sampler, stream=1)
+    model.roi_heads.fg_bg_sampler = PerSampleSampler(model.roi_heads.fg_bg_sampler, stream=2)
+    return model
+
+
+# Each loss term of torchvision's Mask R-CNN is a mean over: (sampler, which count) -- RPN anchors,
+# sampled proposals, or positive proposals (the mask loss).
+LOSS_NORMALISERS = {"loss_objectness": ("rpn", 1), "loss_rpn_box_reg": ("rpn", 1),
+                    "loss_classifier": ("roi_heads", 1), "loss_box_reg": ("roi_heads", 1),
+                    "loss_mask": ("roi_heads", 0)}
 
 
 def detection_loss(model: MaskRCNN, batch: tuple[list[torch.Tensor], list[dict]]) -> dict[str, torch.Tensor]:
-    """Mask R-CNN's own training losses for a batch of ``(images, targets)``."""
+    """Mask R-CNN's own training losses for a batch of ``(images, targets)``.
+
+    Under data-parallel training each term is rescaled from this rank's normaliser (its sampled
+    anchors, proposals or positives) to the mean over all ranks', so that the averaged gradients
+    are those of one process with the whole batch.
+    """
+    import torch.distributed as dist
+
     images, targets = batch
-    return model(images, targets)
+    losses = model(images, targets)
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world == 1:
+        return losses
+    inner = getattr(model, "module", model)  # under DistributedDataParallel
+    counts = {name: getattr(inner, name).fg_bg_sampler.counts for name in ("rpn", "roi_heads")}
+    local = torch.tensor([float(counts[name][which]) for name, which in LOSS_NORMALISERS.values()],
+                         device=next(iter(losses.values())).device)
+    total = local.clone()
+    dist.all_reduce(total)
+    scale = torch.where(total > 0, local * world / total.clamp(min=1), torch.ones_like(local))
+    return {key: value * scale[list(LOSS_NORMALISERS).index(key)] if key in LOSS_NORMALISERS else value
+            for key, value in losses.items()}

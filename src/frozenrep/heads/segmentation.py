@@ -10,15 +10,105 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from frozenrep.backbones import BackboneAdapter
+from frozenrep.randomness import current_batch_seeds, sample_rng
 
 IGNORE_INDEX = 255
+
+
+def per_sample_criterion(config: Any, weight_dict: dict[str, float]) -> nn.Module:
+    """transformers' Mask2Former loss, with its random point sampling drawn per training image.
+
+    The matcher samples points per image and the mask losses sample points per matched mask, both
+    from the process-wide generator; here each image draws from its own seed
+    (:mod:`frozenrep.randomness`), and the mask count that normalises the mask losses is averaged
+    over the data-parallel ranks, as Mask2Former's own criterion does. So two processes with half a
+    batch each compute the losses of one process with the whole batch. Without published seeds (and
+    in one process) it is transformers' loss unchanged.
+    """
+    from transformers.models.mask2former.modeling_mask2former import Mask2FormerHungarianMatcher, Mask2FormerLoss
+
+    class PerSampleMatcher(Mask2FormerHungarianMatcher):
+        def forward(self, masks_queries_logits, class_queries_logits, mask_labels, class_labels):
+            seeds = current_batch_seeds(masks_queries_logits.shape[0])
+            if seeds is None:
+                return super().forward(masks_queries_logits, class_queries_logits, mask_labels, class_labels)
+            self.draws += 1  # one draw per call: the last layer's matching, then each auxiliary layer's
+            indices = []
+            for i, seed in enumerate(seeds):
+                with sample_rng(seed, self.draws, masks_queries_logits.device):
+                    indices += super().forward(masks_queries_logits[i:i + 1], class_queries_logits[i:i + 1],
+                                               mask_labels[i:i + 1], class_labels[i:i + 1])
+            return indices
+
+    class PerSampleLoss(Mask2FormerLoss):
+        in_step = False
+
+        def forward(self, *args, **kwargs):
+            if self.in_step:  # the auxiliary layers' losses: transformers recurses into forward
+                return super().forward(*args, **kwargs)
+            self.draws = self.matcher.draws = 0  # draws are counted from the start of every step
+            self.in_step = True
+            try:
+                return super().forward(*args, **kwargs)
+            finally:
+                self.in_step = False
+
+        def loss_masks(self, masks_queries_logits, mask_labels, indices, num_masks):
+            self.matched_per_image = [len(src) for src, _ in indices]  # the matched masks come image by image
+            return super().loss_masks(masks_queries_logits, mask_labels, indices, num_masks)
+
+        def sample_points_using_uncertainty(self, logits, uncertainty_function, num_points, oversample_ratio,
+                                            importance_sample_ratio):
+            seeds = current_batch_seeds(len(self.matched_per_image))
+            if seeds is None:
+                return super().sample_points_using_uncertainty(logits, uncertainty_function, num_points,
+                                                               oversample_ratio, importance_sample_ratio)
+            self.draws += 1
+            points = []
+            for seed, chunk in zip(seeds, torch.split(logits, self.matched_per_image)):
+                with sample_rng(seed, 1_000 + self.draws, logits.device):
+                    points.append(super().sample_points_using_uncertainty(
+                        chunk, uncertainty_function, num_points, oversample_ratio, importance_sample_ratio))
+            return torch.cat(points)
+
+        def loss_labels(self, class_queries_logits, class_labels, indices):
+            """transformers' class loss is a mean weighted per query (``no_object_weight`` for unmatched
+            ones), so its normaliser depends on the rank's images; rescaled to the global normaliser."""
+            import torch.distributed as dist
+
+            losses = super().loss_labels(class_queries_logits, class_labels, indices)
+            world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            if world > 1:
+                queries = class_queries_logits.shape[1]
+                matched = float(sum(len(src) for src, _ in indices))
+                local = torch.as_tensor(matched + (len(indices) * queries - matched) * self.eos_coef,
+                                        device=class_queries_logits.device)
+                total = local.clone()
+                dist.all_reduce(total)
+                losses = {k: v * (local * world / total) for k, v in losses.items()}
+            return losses
+
+        def get_num_masks(self, class_labels, device):
+            import torch.distributed as dist
+
+            count = torch.as_tensor(float(sum(len(c) for c in class_labels)), device=device)
+            world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            if world > 1:
+                dist.all_reduce(count)
+            return torch.clamp(count / world, min=1)
+
+    criterion = PerSampleLoss(config=config, weight_dict=weight_dict)
+    matcher = criterion.matcher
+    criterion.matcher = PerSampleMatcher(cost_class=matcher.cost_class, cost_mask=matcher.cost_mask,
+                                         cost_dice=matcher.cost_dice, num_points=matcher.num_points)
+    return criterion
 
 
 @dataclass
@@ -85,6 +175,7 @@ class Mask2FormerSegmenter(nn.Module):
         # transformers initialises weights in post_init(), which already ran; initialise the new decoder the
         # same way (its level_embed is allocated uninitialised), without touching the loaded backbone.
         pixel_level.decoder.apply(self.model._init_weights)
+        self.model.criterion = per_sample_criterion(self.config, self.model.weight_dict)
         self.num_classes = num_classes
         self.register_buffer("mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
