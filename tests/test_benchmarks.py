@@ -38,3 +38,23 @@ def test_feature_cache_benchmark_hits_every_sample_on_the_warm_pass(tmp_path):
     frames = result["samples"] * 8  # 8 frames per clip in the default profile, each its own entry
     assert (result["hits"], result["misses"]) == (frames, frames)
     assert result["disk_mb"] > 0
+
+
+def test_data_loading_benchmark_times_decoding_apart_and_counts_the_workers_a_step_needs(tmp_path):
+    import math
+
+    out = tmp_path / "loading.json"
+    rates = REPO / "benchmarks/results/heads-h100.json"
+    done = run("data_loading.py", "--sizes", "default", "--tasks", "k400", "--samples", "2", "--batches", "1",
+               "--workers", "1", "--step-rates", str(rates), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["results"]
+    assert (row["size"], row["task"]) == ("default", "k400")
+    assert 0 < row["decode_ms"] and 0 < row["transform_ms"] and row["sample_ms"] > 0
+    assert [r["workers"] for r in row["loader"]] == [0, 1] and all(r["samples_per_s"] > 0 for r in row["loader"])
+    frozen = next(s for s in json.loads(rates.read_text())["steps"]
+                  if (s["size"], s["task"], s["mode"]) == ("default", "k400", "frozen"))
+    need = row["frozen_step_samples_per_s"]
+    assert need["rate"] == frozen["items_per_s"]
+    assert need["workers_needed"] == math.ceil(frozen["items_per_s"] / row["samples_per_s_per_worker"])
+    assert "decode" in done.stdout and "workers of this machine's speed feed it" in done.stdout
