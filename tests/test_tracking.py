@@ -59,6 +59,24 @@ def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pictures"]  # no temporary folders left
 
 
+def test_atomic_outputs_get_the_permissions_of_a_plain_write(tmp_path):
+    """mkstemp and mkdtemp make private files and folders; outputs must be readable as if opened plainly."""
+    import os
+    import stat
+
+    from frozenrep.io import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "table1.csv", "a,b\n")
+        with atomic_dir(tmp_path / "pictures") as tmp:
+            (tmp / "a.png").write_bytes(b"png")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "table1.csv").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "pictures").stat().st_mode) == 0o755
+
+
 def test_detection_pictures_draw_the_predicted_box_in_its_class_colour(tiny_coco, tmp_path):
     from PIL import Image
 
