@@ -86,30 +86,11 @@ def per_sample(task: str, train_set, count: int) -> dict:
 
 def _k400_halves(clips, key) -> tuple[float, float]:
     """The two halves of KineticsClips.__getitem__, timed apart: open + decode, then transform."""
-    import random
-
-    import torch
-    from pytorchvideo.data.encoded_video import EncodedVideo
-
-    from frozenrep.data.kinetics import single_threaded_decoding
-
     index, seed = key
-    path, _ = clips.index.videos[index]
     start = time.perf_counter()
-    video = EncodedVideo.from_path(path, decode_audio=False, decoder="pyav")
-    single_threaded_decoding(getattr(video, "_container", None))
-    state = random.getstate()
-    random.seed(seed)
-    try:
-        info = clips.sampler(0.0, video.duration, None)
-    finally:
-        random.setstate(state)
-    clip = video.get_clip(info.clip_start_sec, info.clip_end_sec)["video"]
-    video.close()
+    clip = clips.decode(index, seed)
     decoded = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        clips.transform(clip)
+    clips.augment(clip, seed)
     return decoded - start, time.perf_counter() - decoded
 
 

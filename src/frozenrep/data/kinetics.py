@@ -383,11 +383,14 @@ class KineticsClips(Dataset):
         return self.index.skipped
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        i, seed = key if isinstance(key, tuple) else (key, 0)
+        return self.augment(self.decode(i, seed), seed), self.index.videos[i][1]
+
+    def decode(self, i: int, seed: int) -> torch.Tensor:
+        """The raw frames (C, T, H, W, float 0..255) of video ``i``'s random clip for ``seed``."""
         from pytorchvideo.data.encoded_video import EncodedVideo
 
-        i, seed = key if isinstance(key, tuple) else (key, 0)
-        path, label = self.index.videos[i]
-        video = EncodedVideo.from_path(path, decode_audio=False, decoder="pyav")
+        video = EncodedVideo.from_path(self.index.videos[i][0], decode_audio=False, decoder="pyav")
         single_threaded_decoding(getattr(video, "_container", None))
         state = random.getstate()
         random.seed(seed)  # the clip sampler draws its start with the random module
@@ -397,9 +400,13 @@ class KineticsClips(Dataset):
             random.setstate(state)
         clip = video.get_clip(info.clip_start_sec, info.clip_end_sec)["video"]
         video.close()
+        return clip
+
+    def augment(self, clip: torch.Tensor, seed: int) -> torch.Tensor:
+        """The training transform of a decoded clip, its random choices fixed by ``seed``."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.transform(clip), label
+            return self.transform(clip)
 
 
 def collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
