@@ -301,6 +301,21 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
     return {"step": step, "losses": losses, "curve": curve}
 
 
+def global_normaliser_scale(local: torch.Tensor) -> torch.Tensor:
+    """Factors that turn losses averaged over this rank's normalisers ``local`` (counts or weight
+    sums, one per loss term) into losses averaged over all ranks' normalisers, once DDP has averaged
+    the gradients: ``local * world / sum over ranks``. Ones in a single process, or where every
+    rank's normaliser is zero."""
+    _, world = distributed()
+    if world == 1:
+        return torch.ones_like(local)
+    import torch.distributed as dist
+
+    total = local.clone()
+    dist.all_reduce(total)
+    return torch.where(total > 0, local * world / total.clamp(min=1e-12), torch.ones_like(local))
+
+
 def mean_over_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, float]:
     """The step's losses averaged over the ranks (the global batch's loss); plain floats."""
     if world > 1:

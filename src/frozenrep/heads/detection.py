@@ -149,19 +149,15 @@ def detection_loss(model: MaskRCNN, batch: tuple[list[torch.Tensor], list[dict]]
     anchors, proposals or positives) to the mean over all ranks', so that the averaged gradients
     are those of one process with the whole batch.
     """
-    import torch.distributed as dist
+    from frozenrep.training import distributed, global_normaliser_scale
 
     images, targets = batch
     losses = model(images, targets)
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    if world == 1:
+    if distributed()[1] == 1:
         return losses
     inner = getattr(model, "module", model)  # under DistributedDataParallel
     counts = {name: getattr(inner, name).fg_bg_sampler.counts for name in ("rpn", "roi_heads")}
-    local = torch.tensor([float(counts[name][which]) for name, which in LOSS_NORMALISERS.values()],
-                         device=next(iter(losses.values())).device)
-    total = local.clone()
-    dist.all_reduce(total)
-    scale = torch.where(total > 0, local * world / total.clamp(min=1), torch.ones_like(local))
+    local = [float(counts[name][which]) for name, which in LOSS_NORMALISERS.values()]
+    scale = global_normaliser_scale(torch.tensor(local, device=next(iter(losses.values())).device))
     return {key: value * scale[list(LOSS_NORMALISERS).index(key)] if key in LOSS_NORMALISERS else value
             for key, value in losses.items()}

@@ -81,25 +81,25 @@ def per_sample_criterion(config: Any, weight_dict: dict[str, float]) -> nn.Modul
         def loss_labels(self, class_queries_logits, class_labels, indices):
             """transformers' class loss is a mean weighted per query (``no_object_weight`` for unmatched
             ones), so its normaliser depends on the rank's images; rescaled to the global normaliser."""
-            import torch.distributed as dist
+            from frozenrep.training import distributed, global_normaliser_scale
 
             losses = super().loss_labels(class_queries_logits, class_labels, indices)
-            world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-            if world > 1:
+            if distributed()[1] > 1:
                 queries = class_queries_logits.shape[1]
                 matched = float(sum(len(src) for src, _ in indices))
                 local = torch.as_tensor(matched + (len(indices) * queries - matched) * self.eos_coef,
                                         device=class_queries_logits.device)
-                total = local.clone()
-                dist.all_reduce(total)
-                losses = {k: v * (local * world / total) for k, v in losses.items()}
+                scale = global_normaliser_scale(local)
+                losses = {k: v * scale for k, v in losses.items()}
             return losses
 
         def get_num_masks(self, class_labels, device):
             import torch.distributed as dist
 
+            from frozenrep.training import distributed
+
             count = torch.as_tensor(float(sum(len(c) for c in class_labels)), device=device)
-            world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            _, world = distributed()
             if world > 1:
                 dist.all_reduce(count)
             return torch.clamp(count / world, min=1)
