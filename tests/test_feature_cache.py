@@ -56,8 +56,9 @@ def test_a_batch_of_cached_and_new_samples_is_put_back_in_order(tiny_entry):
     backbone(x[[1, 3]])  # two of the five are known
     mixed = backbone(x)
     assert (cache.hits, cache.misses) == (2, 5)
-    for name in backbone.names:
-        assert torch.equal(mixed[name], reference[name])
+    for name in backbone.names:  # within float rounding: a batch of 2 and one of 5 round differently on some CPUs
+        torch.testing.assert_close(mixed[name], reference[name], rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(mixed[name][[1, 3]], reference[name][[3, 1]], atol=1e-3)  # order matters
 
 
 def test_another_transform_or_checkpoint_is_another_key(tiny_entry, tmp_path):
