@@ -5,6 +5,7 @@ import sys
 
 from frozenrep.checkpoints import load_registry
 from frozenrep.config import DATASET_OF_TASK, check_config, prefer_interpreter
+from frozenrep.config import job_spec as make_job_spec  # the rule's name for it is job_spec
 
 # Jobs' `python` is the interpreter running Snakemake (the project's virtual environment), even
 # when snakemake was started as .venv/bin/snakemake without activating the environment.
@@ -75,20 +76,8 @@ def head_inputs(wildcards):
 
 def job_spec(wildcards):
     """Everything a training/evaluation job needs, as JSON (a change reruns exactly the affected jobs)."""
-    return json.dumps(
-        {
-            "study": config["study"],
-            "task": wildcards.task,
-            "backbone": wildcards.backbone,
-            "mode": wildcards.mode,
-            "seed": int(wildcards.seed),
-            "entry": REGISTRY[wildcards.backbone].__dict__,
-            "task_config": {k: v for k, v in config[wildcards.task].items() if k != "resources"},
-            "device": config["device"],
-            "tracking": config["tracking"],
-        },
-        sort_keys=True,
-    )
+    spec = make_job_spec(config, REGISTRY, wildcards.task, wildcards.backbone, wildcards.mode, wildcards.seed)
+    return json.dumps(spec, sort_keys=True)
 
 
 def feature_cache_option(wildcards):

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -58,3 +60,16 @@ def test_data_loading_benchmark_times_decoding_apart_and_counts_the_workers_a_st
     assert need["rate"] == frozen["items_per_s"]
     assert need["workers_needed"] == math.ceil(frozen["items_per_s"] / row["samples_per_s_per_worker"])
     assert "decode" in done.stdout and "workers of this machine's speed feed it" in done.stdout
+
+
+def test_multitask_benchmark_runs_the_backbone_once_for_three_heads(tmp_path):
+    out = tmp_path / "multitask.json"
+    done = run("multitask.py", "--sizes", "default", "--repeats", "1", "--warmup", "0", "--threads", "1",
+               "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["backbone_passes"] == {"separate": 3, "shared": 1, "backbone": 1}
+    assert (row["frames"], row["image"]) == (8, 64)  # the default profile's clip
+    assert row["separate_ms"] > 0 and row["shared_ms"] > 0 and row["backbone_ms"] > 0
+    assert row["speedup"] == pytest.approx(row["separate_ms"] / row["shared_ms"], abs=0.02)
+    assert "three heads separately" in done.stdout

@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 
@@ -45,6 +46,7 @@ class BackboneAdapter(nn.Module):
         fmt = getattr(features, "output_fmt", "NCHW")
         self._channels_last = getattr(fmt, "value", fmt) == "NHWC"
         self.cache: FeatureCache | None = None  # frozen mode only: see use_cache()
+        self._given: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # see given_features()
         if self.frozen:
             self.body.requires_grad_(False)
             self.body.eval()
@@ -66,6 +68,18 @@ class BackboneAdapter(nn.Module):
             raise ValueError("a feature cache needs a frozen backbone: fine-tuned features change every step")
         self.cache = cache
 
+    @contextmanager
+    def given_features(self, images: torch.Tensor, feats: list[torch.Tensor]) -> Iterator[None]:
+        """Within the block, a forward on ``images`` (this very tensor) returns ``feats``, computed once
+        elsewhere (:mod:`frozenrep.multitask`), instead of running the body again. Frozen mode only."""
+        if not self.frozen:
+            raise ValueError("given features need a frozen backbone: a fine-tuned one is not shared")
+        self._given = (images, feats)
+        try:
+            yield
+        finally:
+            self._given = None
+
     def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
         feats = self.body(images)
         if self._channels_last:
@@ -73,7 +87,9 @@ class BackboneAdapter(nn.Module):
         return list(feats)
 
     def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        if self.frozen:
+        if self._given is not None and images is self._given[0]:
+            feats = self._given[1]
+        elif self.frozen:
             with torch.no_grad():
                 feats = self.cache.features(images, self._features) if self.cache else self._features(images)
         else:

@@ -49,3 +49,12 @@ def check_config(config: Mapping[str, Any], registry: Mapping[str, CheckpointEnt
 def prefer_interpreter(executable: str) -> None:
     """Put ``executable``'s directory first on PATH, so that jobs' ``python`` is the same interpreter."""
     os.environ["PATH"] = os.pathsep.join([str(Path(executable).parent), os.environ.get("PATH", "")])
+
+
+def job_spec(config: dict[str, Any], registry: dict[str, CheckpointEntry], task: str, backbone: str, mode: str,
+             seed: int) -> dict[str, Any]:
+    """Everything a training or evaluation job needs, from the profile (what the rules pass as --spec)."""
+    return {"study": config["study"], "task": task, "backbone": backbone, "mode": mode, "seed": int(seed),
+            "entry": registry[backbone].__dict__,
+            "task_config": {k: v for k, v in config[task].items() if k != "resources"},
+            "device": config["device"], "tracking": config["tracking"]}

@@ -59,6 +59,21 @@ def build_model(spec: dict[str, Any], checkpoint: Path, train_set: Any) -> torch
     return task.build_head(backbone, train_set, spec["task_config"], entry)
 
 
+def load_head_weights(model: torch.nn.Module, head: Path) -> dict[str, str]:
+    """Load a trained head (``trainable_state_dict`` keys) into ``model``; return the file's metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(head), "pt") as handle:
+        meta = handle.metadata() or {}
+    state = load_file(str(head))
+    expected = set(trainable_state_dict(model))
+    if set(state) != expected:
+        raise RuntimeError(f"head weights {head} do not match the model: missing {sorted(expected - set(state))[:5]}, "
+                           f"unexpected {sorted(set(state) - expected)[:5]}; retrain it (delete the file).")
+    model.load_state_dict(state, strict=False)
+    return meta
+
+
 def job_tags(spec: dict[str, Any], checkpoint: Path, manifest: Path, job: str) -> dict[str, Any]:
     """What a user filters runs on: the job's identity, its head settings (``head.<key>``, and
     ``head_sha256`` of the whole task config, equal for runs with the same settings), the code and
@@ -163,18 +178,9 @@ def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head:
     over the pooled predictions; rank 0 alone tracks the run and writes the file (its feature-cache
     counts are its own share's).
     """
-    from safetensors import safe_open
-
     device, rank = start_distributed(spec.get("device", "auto"))
     task, device, train_set, val_set, model = prepare_job(spec, checkpoint, manifest, device)
-    with safe_open(str(head), "pt") as handle:
-        meta = handle.metadata() or {}
-    state = load_file(str(head))
-    expected = set(trainable_state_dict(model))
-    if set(state) != expected:
-        raise RuntimeError(f"head weights {head} do not match the model: missing {sorted(expected - set(state))[:5]}, "
-                           f"unexpected {sorted(set(state) - expected)[:5]}; retrain it (delete the file).")
-    model.load_state_dict(state, strict=False)
+    meta = load_head_weights(model, head)
     model.to(device)
     caches = attach_feature_cache(model, checkpoint, feature_cache) if feature_cache and spec["mode"] == "frozen" else []
     if rank != 0:

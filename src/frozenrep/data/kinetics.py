@@ -452,3 +452,25 @@ def multiview_clips(index: KineticsIndex, *, clip_duration: float, clips_per_vid
     if current is not None:
         yield current, label, torch.stack(views)
 
+
+def centre_clip(path: str | Path, *, clip_duration: float, num_frames: int, size: int) -> torch.Tensor:
+    """The middle ``clip_duration`` seconds of a video file as (C, T, size, size) in 0..1: PyAV
+    decoding through PyTorchVideo, ``num_frames`` uniformly spaced frames, the short side resized to
+    ``size`` and the centre square cut out (one test view)."""
+    from pytorchvideo.data.encoded_video import EncodedVideo
+    from torchvision.transforms.v2 import functional as TF
+
+    try:
+        video = EncodedVideo.from_path(str(path), decode_audio=False, decoder="pyav")
+    except Exception as err:  # PyAV raises its own error types for unreadable files
+        raise ValueError(f"cannot open video {path}: {err}") from err
+    try:
+        single_threaded_decoding(getattr(video, "_container", None))
+        start = max(0.0, (float(video.duration) - clip_duration) / 2)
+        decoded = video.get_clip(start, start + min(clip_duration, float(video.duration)))["video"]
+    finally:
+        video.close()
+    if decoded is None:
+        raise ValueError(f"no frames decoded from {path}")
+    clip = clip_transform(train=False, size=size, num_frames=num_frames)(decoded)
+    return TF.center_crop(clip.permute(1, 0, 2, 3), [size, size]).permute(1, 0, 2, 3).contiguous()

@@ -213,10 +213,14 @@ class Mask2FormerSegmenter(nn.Module):
         height, width = images.shape[-2:]
         divisor = self.backbone.strides[-1]
         pad_h, pad_w = -height % divisor, -width % divisor
-        out = self.model(pixel_values=F.pad(self.normalise(images), (0, pad_w, 0, pad_h)))
+        return self.scores_of_input(F.pad(self.normalise(images), (0, pad_w, 0, pad_h)), height, width)
+
+    def scores_of_input(self, pixel_values: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """:meth:`scores` of an input already normalised and padded, cropped to ``height`` x ``width``."""
+        out = self.model(pixel_values=pixel_values)
         classes = out.class_queries_logits.softmax(-1)[..., :-1]          # drop "no object"
         masks = out.masks_queries_logits.sigmoid()
-        masks = F.interpolate(masks, size=(height + pad_h, width + pad_w), mode="bilinear", align_corners=False)
+        masks = F.interpolate(masks, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
         return torch.einsum("bqc,bqhw->bchw", classes, masks[..., :height, :width])
 
 

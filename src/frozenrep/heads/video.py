@@ -54,16 +54,26 @@ class VideoClassifier(nn.Module):
     def frame_features(self, video: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) in 0..1 -> (B, T, width): every frame through the backbone in one batch."""
         b, c, t, h, w = video.shape
-        if t != self.head_cfg.num_frames:
-            raise ValueError(f"clip has {t} frames but the head was built for {self.head_cfg.num_frames} "
-                             "(k400.head.num_frames)")
+        self.check_frames(t)
         frames = video.transpose(1, 2).reshape(b * t, c, h, w)
-        feats = self.backbone((frames - self.mean) / self.std)[self.level]
+        return self.tokens_of_input((frames - self.mean) / self.std, b)
+
+    def tokens_of_input(self, frames: torch.Tensor, clips: int) -> torch.Tensor:
+        """(clips * T, C, H, W) normalised frames, clip after clip -> (clips, T, width)."""
+        feats = self.backbone(frames)[self.level]
         pooled = F.adaptive_avg_pool2d(feats, self.head_cfg.spatial_pool).flatten(1)
-        return self.project(pooled).view(b, t, -1)
+        return self.project(pooled).view(clips, frames.shape[0] // clips, -1)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        tokens = self.frame_features(video)
+        return self.classify(self.frame_features(video))
+
+    def check_frames(self, frames: int) -> None:
+        if frames != self.head_cfg.num_frames:
+            raise ValueError(f"clip has {frames} frames but the head was built for {self.head_cfg.num_frames} "
+                             "(k400.head.num_frames)")
+
+    def classify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, width) frame tokens -> (B, classes) logits: the temporal blocks, pooling, classifier."""
         if self.blocks:
             tokens = tokens + self.time_embed
             for block in self.blocks:
