@@ -75,12 +75,9 @@ def snakemake(workspace: Path, *args: str, timeout: int = 900, env: dict[str, st
 
 def resolved_profile(name: str = "ci.yaml") -> dict:
     """A profile as the workflow sees it: validated, with the schema's defaults filled in."""
-    import yaml
-    from snakemake.utils import validate
+    from frozenrep.config import load_profile
 
-    config = yaml.safe_load((REPO / "params" / name).read_text())
-    validate(config, str(REPO / "params/schemas/config.schema.yaml"), set_default=True)
-    return config
+    return load_profile(REPO / "params" / name, REPO / "params/schemas/config.schema.yaml")
 
 
 def job_spec(root: Path, entry, task: str, study: str, **train) -> dict:

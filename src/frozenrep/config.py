@@ -58,3 +58,14 @@ def job_spec(config: dict[str, Any], registry: dict[str, CheckpointEntry], task:
             "entry": registry[backbone].__dict__,
             "task_config": {k: v for k, v in config[task].items() if k != "resources"},
             "device": config["device"], "tracking": config["tracking"]}
+
+
+def load_profile(path: str | Path, schema: str | Path = "params/schemas/config.schema.yaml") -> dict[str, Any]:
+    """A profile as the Snakefile sees it: validated against the schema, with its defaults filled
+    in (job specs, and so the heads' fingerprints, include them)."""
+    import yaml
+    from snakemake.utils import validate
+
+    config = yaml.safe_load(Path(path).read_text())
+    validate(config, str(schema), set_default=True)
+    return config

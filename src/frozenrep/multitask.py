@@ -195,19 +195,9 @@ def summarise(prediction: Prediction, names: dict[str, list[str]], score_thresho
     return out
 
 
-def load_profile(path: Path, root: Path = Path(".")) -> dict[str, Any]:
-    """A profile as the Snakefile sees it: validated against the schema, its defaults filled in
-    (the job specs, and so the heads' fingerprints, include them)."""
-    import yaml
-    from snakemake.utils import validate
-
-    config = yaml.safe_load(Path(path).read_text())
-    validate(config, str(root / "params" / "schemas" / "config.schema.yaml"), set_default=True)
-    return config
-
-
 def main(argv: list[str] | None = None) -> int:
     from frozenrep.checkpoints import load_registry
+    from frozenrep.config import load_profile
     from frozenrep.data.kinetics import centre_clip
     from frozenrep.io import write_json_atomic
     from frozenrep.jobs import pick_device
@@ -222,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the summary here (JSON) instead of printing it")
     args = parser.parse_args(argv)
     try:
-        config = load_profile(args.root / args.configfile, args.root)
+        config = load_profile(args.root / args.configfile, args.root / "params" / "schemas" / "config.schema.yaml")
         registry = load_registry(args.root / config["registry"])
         device = pick_device(config.get("device", "auto"))
         model, names = load_shared(config, registry, args.backbone, args.seed, args.root, device)
