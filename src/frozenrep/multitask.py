@@ -26,6 +26,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -155,24 +156,35 @@ def load_shared(config: dict[str, Any], registry: dict[str, CheckpointEntry], ba
         manifest = root / "data" / f"{DATASET_OF_TASK[task]}.manifest.json"
         data_root = Path(json.loads(manifest.read_text())["root"])
         data_root = data_root if data_root.is_absolute() else root / data_root
-        train_set, _ = get_task(task).datasets(data_root, spec["task_config"])
-        model = get_task(task).build_head(adapter_of(body), train_set, spec["task_config"], entry)
+        names[task] = class_names(task, data_root)
+        classes = SimpleNamespace(num_classes=len(names[task]) + (1 if task == "coco" else 0))  # COCO: + background
+        model = get_task(task).build_head(adapter_of(body), classes, spec["task_config"], entry)
         meta = load_head_weights(model, head_file)
         if meta.get("fingerprint") != job_fingerprint(spec, checkpoint):
             raise MultiTaskError(f"{head_file} was trained with other settings or another checkpoint than the "
                                  f"profile's; rerun the workflow (snakemake) to retrain it")
-        heads[task], names[task] = model, class_names(task, train_set)
+        heads[task] = model
     if not heads:
         raise MultiTaskError(f"the profile's tasks {config['tasks']} include none of {list(TASK_ORDER)}")
     return SharedBackbone(body, heads, entry).to(device), names
 
 
-def class_names(task: str, train_set: Any) -> list[str]:
+def class_names(task: str, root: Path) -> list[str]:
+    """A task's class names in label order, read from the dataset's own small files only: the
+    heads need just their number, and building a training set would open every Kinetics video
+    (and parse COCO's 450 MB train2017 annotations)."""
     if task == "coco":
-        return [train_set.coco.cats[c]["name"] for c in train_set.cat_ids]
+        from frozenrep.data.coco import annotation_file
+
+        categories = json.loads(annotation_file(root, "val").read_text())["categories"]
+        return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]  # labels 1..K by sorted id
     if task == "ade20k":
-        return list(train_set.class_names)
-    return list(train_set.index.classes)
+        from frozenrep.data.ade20k import read_class_names
+
+        return read_class_names(root)
+    from frozenrep.data.kinetics import class_names as kinetics_classes
+
+    return kinetics_classes(root)
 
 
 def summarise(prediction: Prediction, names: dict[str, list[str]], score_threshold: float = 0.5) -> dict[str, Any]:
