@@ -42,6 +42,18 @@ def test_anchor_levels_must_match_the_backbone(tiny_entry):
         build_mask_rcnn(build_backbone(tiny_entry, None), 4, head, tiny_entry.input_mean, tiny_entry.input_std)
 
 
+def test_roi_sampling_ratio_reaches_both_roi_poolers(tiny_entry):
+    from conftest import TINY_HEAD
+
+    from frozenrep.backbones import build_backbone
+
+    for ratio in (1, 2):
+        model = build_mask_rcnn(build_backbone(tiny_entry, None), 4,
+                                DetectionHeadConfig(**{**TINY_HEAD, "roi_sampling_ratio": ratio}),
+                                tiny_entry.input_mean, tiny_entry.input_std)
+        assert model.roi_heads.box_roi_pool.sampling_ratio == model.roi_heads.mask_roi_pool.sampling_ratio == ratio
+
+
 def ground_truth_outputs(ds, shift=0.0):
     """Model-style outputs that reproduce the ground truth (boxes shifted by `shift` x their width)."""
     outputs = []

@@ -21,7 +21,8 @@ PRETRAINED = ("tiny-swin-supervised", "tiny-swin-supervised-large", "tiny-swin-s
 def shrunk(name, steps=6, num_images=32, image_size=32, **train):
     """A registry entry with its pretraining cut to a few steps on a few small images."""
     entry = REGISTRY[name]
-    create = {**entry.create, "images": {**entry.create["images"], "num_images": num_images, "image_size": image_size},
+    images = {**entry.create["images"], "num_images": num_images, "image_size": image_size, "draw_size": 2 * image_size}
+    create = {**entry.create, "images": images,
               "train": {**entry.create["train"], "steps": steps, "batch_size": 8, "warmup_steps": 0,
                         "checkpoint_every": 3, "log_every": 1, **train}}
     return dataclasses.replace(entry, create=create)
@@ -50,6 +51,23 @@ def test_image_set_is_deterministic_balanced_and_seeded():
     assert any(torch.equal(f, x_lazy.flip(-1)) for f in flipped) and any(torch.equal(f, a[7][0]) for f in flipped)
     with pytest.raises(IndexError, match="outside the set of 24"):
         a.image(24)
+
+
+def test_scale_augmentation_shows_the_drawn_patterns_at_other_scales():
+    plain = ImageSetConfig(num_images=4, num_classes=4, image_size=32, seed=0, draw_size=64)
+    cropped = dataclasses.replace(plain, crop_scale=(0.0625, 1.0))
+    a, b = LabelledImages(plain, (0.5,) * 3, (0.25,) * 3), LabelledImages(cropped, (0.5,) * 3, (0.25,) * 3)
+    assert a.image(1).shape == (64, 64, 3)  # drawn at draw_size
+    whole = a[1][0]
+    assert whole.shape == (3, 32, 32) and torch.equal(b[1][0], whole)  # tested whole, at image_size
+    # without crop_scale a training view is the whole image, perhaps flipped
+    assert all(torch.equal(a[(1, s)][0], whole) or torch.equal(a[(1, s)][0], whole.flip(-1)) for s in range(8))
+    views = [b[(1, s)][0] for s in range(8)]
+    assert all(v.shape == (3, 32, 32) for v in views)
+    assert sum(not torch.equal(v, whole) and not torch.equal(v, whole.flip(-1)) for v in views) >= 6  # crops
+    assert torch.equal(b[(1, 3)][0], views[3]) and not torch.equal(views[3], views[4])  # the seed decides
+    with pytest.raises(PretrainingError, match="draw_size \\(16\\) must be at least image_size \\(32\\)"):
+        ImageSetConfig(num_images=4, num_classes=4, image_size=32, draw_size=16)
 
 
 def test_simmim_masks_the_requested_share_and_never_sees_masked_pixels():
@@ -152,6 +170,7 @@ def test_killed_pretraining_resumes_to_the_same_weights(tmp_path, monkeypatch, n
     ({"images": None}, "create.images is required for init supervised"),
     ({"colour": "red"}, "create has unknown keys \\['colour'\\]"),
     ({"images": {"num_images": 10, "classes": 3}}, "create.images"),
+    ({"images": {"num_images": 10, "num_classes": 3, "crop_scale": [0.5, 2.0]}}, "create.images: images.crop_scale"),
 ])
 def test_bad_recipe_names_the_entry_and_key(change, message):
     entry = REGISTRY["tiny-swin-supervised"]

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from frozenrep.checkpoints import CheckpointEntry, create_model
 from frozenrep.data.ade20k import TEXTURES, _texture
@@ -78,12 +80,34 @@ def draw_labelled_image(rng: np.random.Generator, shape: str, texture: str, size
 
 @dataclass
 class ImageSetConfig:
-    """The generated labelled image set (``create.images`` of a registry entry)."""
+    """The generated labelled image set (``create.images`` of a registry entry).
+
+    Images are drawn at ``draw_size`` (default: ``image_size``) and the network sees them at
+    ``image_size``: in training through a random resized crop whose area is a ``crop_scale``
+    fraction of the drawn image (aspect ratio 3/4..4/3, torchvision's RandomResizedCrop, as the
+    ImageNet recipes of Swin and SimMIM use), when testing resized whole. Drawing at twice the size
+    with ``crop_scale: [0.0625, 1.0]`` shows every pattern at 0.5x to 2x its drawn scale, the range
+    the downstream heads' scale jitter covers; without it a backbone knows the patterns at one scale.
+    """
 
     num_images: int
     num_classes: int
     image_size: int = 64
     seed: int = 0
+    draw_size: int | None = None
+    crop_scale: tuple[float, float] = (1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        self.draw_size = int(self.draw_size or self.image_size)
+        self.crop_scale = tuple(float(v) for v in self.crop_scale)
+        if self.draw_size < self.image_size:
+            raise PretrainingError(f"images.draw_size ({self.draw_size}) must be at least image_size ({self.image_size})")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise PretrainingError(f"images.crop_scale must be [low, high] with 0 < low <= high <= 1, got {list(self.crop_scale)}")
+
+    @property
+    def crops(self) -> bool:
+        return self.crop_scale != (1.0, 1.0)
 
 
 class LabelledImages(Dataset):
@@ -105,7 +129,7 @@ class LabelledImages(Dataset):
     def materialise(self) -> "LabelledImages":
         """Draw every image once, up front (a training run visits each many times)."""
         if self._pixels is None:
-            size = self.cfg.image_size
+            size = self.cfg.draw_size
             pixels = np.empty((len(self), size, size, 3), dtype=np.uint8)
             with Progress(len(self), f"draw {len(self)} pretraining images", unit="img") as progress:
                 for k in range(len(self)):
@@ -124,14 +148,27 @@ class LabelledImages(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"image {index} is outside the set of {len(self)}")
         rng = np.random.default_rng([self.cfg.seed, index])
-        return draw_labelled_image(rng, *self.classes[self.label(index)], self.cfg.image_size)
+        return draw_labelled_image(rng, *self.classes[self.label(index)], self.cfg.draw_size)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """Without ``aug_seed`` the whole image at ``image_size``; with it, the training view (random
+        resized crop when ``crop_scale`` says so, horizontal flip), its choices fixed by the seed."""
         index, aug_seed = key if isinstance(key, tuple) else (key, None)
         pixels = self._pixels[index] if self._pixels is not None else self.image(index)
         image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float() / 255.0
-        if aug_seed is not None and np.random.default_rng(aug_seed).random() < 0.5:
-            image = image.flip(-1)
+        size = self.cfg.image_size
+        if aug_seed is None:
+            if self.cfg.draw_size != size:
+                image = TF.resize(image, [size, size], antialias=True)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(aug_seed)
+                if self.cfg.crops:
+                    image = v2.RandomResizedCrop(size, scale=self.cfg.crop_scale, antialias=True)(image)
+                elif self.cfg.draw_size != size:
+                    image = TF.resize(image, [size, size], antialias=True)
+                if torch.rand(()) < 0.5:
+                    image = image.flip(-1)
         return (image - self.mean) / self.std, self.label(index)
 
 
@@ -234,7 +271,7 @@ class Recipe:
                     raise PretrainingError(f"{where}.{key} is required for init {init}")
             try:
                 create["images"] = ImageSetConfig(**create["images"])
-            except TypeError as err:
+            except (TypeError, PretrainingError) as err:
                 raise PretrainingError(f"{where}.images: {err}") from err
         return cls(**create)
 
@@ -265,7 +302,7 @@ def classification_accuracy(model: Classifier, dataset: LabelledImages, count: i
                             batch_size: int = 128) -> float:
     """Top-1 on freshly drawn images of the same classes (another seed than the training set)."""
     held_out = LabelledImages(ImageSetConfig(count, dataset.cfg.num_classes, dataset.cfg.image_size,
-                                             dataset.cfg.seed + 1_000_003),
+                                             dataset.cfg.seed + 1_000_003, dataset.cfg.draw_size),
                               tuple(dataset.mean.flatten().tolist()), tuple(dataset.std.flatten().tolist()))
     was_training = model.training
     model.eval()

@@ -37,6 +37,7 @@ class DetectionHeadConfig:
     box_head_convs: int = 0                 # 0: two fully connected layers; >0: "NconvFC" head with GroupNorm
     box_head_fc: int = 1024
     mask_head_convs: int = 4
+    roi_sampling_ratio: int = 2             # RoIAlign sampling points per bin side (torchvision's Mask R-CNN: 2)
     min_size: int = 800
     max_size: int = 1333
     rpn_batch_size_per_image: int = 256
@@ -109,8 +110,8 @@ def build_mask_rcnn(backbone: BackboneAdapter, num_classes: int, head: Detection
                               (tuple(head.aspect_ratios),) * fpn.num_levels)
     channels = head.fpn_channels
     rpn_head = RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=head.rpn_convs)
-    box_pool = MultiScaleRoIAlign(backbone.names, output_size=7, sampling_ratio=2)
-    mask_pool = MultiScaleRoIAlign(backbone.names, output_size=14, sampling_ratio=2)
+    box_pool = MultiScaleRoIAlign(backbone.names, output_size=7, sampling_ratio=head.roi_sampling_ratio)
+    mask_pool = MultiScaleRoIAlign(backbone.names, output_size=14, sampling_ratio=head.roi_sampling_ratio)
     if head.box_head_convs > 0:
         box_head: nn.Module = FastRCNNConvFCHead((channels, 7, 7), [channels] * head.box_head_convs,
                                                  [head.box_head_fc], norm_layer=_group_norm)
