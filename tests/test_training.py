@@ -53,8 +53,9 @@ def test_batch_order_depends_only_on_seed_and_step():
     full = list(ResumableBatchSampler(10, 3, seed=1, start=0, steps=8))
     tail = list(ResumableBatchSampler(10, 3, seed=1, start=5, steps=8))
     assert full[5:] == tail
-    epoch0 = [i for batch in full[:3] for i, _ in batch]
+    epoch0 = [i for batch in full[:3] for i, _, _ in batch]
     assert len(set(epoch0)) == 9  # no repeats within an epoch
+    assert [{step for _, _, step in batch} for batch in full] == [{k} for k in range(8)]  # each key names its step
     assert full != list(ResumableBatchSampler(10, 3, seed=2, start=0, steps=8))
 
 
@@ -72,3 +73,22 @@ def test_nothing_to_train_is_an_error(tiny_coco, tmp_path):
     with pytest.raises(TrainingError, match="no trainable parameters"):
         train(model, CocoDetection(tiny_coco, "train"), collate, detection_loss,
               TrainConfig(steps=1, batch_size=1, lr=1.0), tmp_path, seed=0, fingerprint="x")
+
+
+def test_seeded_rng_draws_from_the_seed_and_restores_the_global_generator():
+    from frozenrep.randomness import sample_rng, seeded_rng
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    with seeded_rng(7):
+        inside = torch.rand(4)
+    assert torch.equal(inside, torch.rand(4, generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(torch.rand(3), expected_next)  # the run's own stream goes on as if nothing happened
+    with sample_rng(5, 2, torch.device("cpu")):
+        a = torch.rand(2)
+    with sample_rng(5, 2, torch.device("cpu")):
+        b = torch.rand(2)
+    with sample_rng(5, 3, torch.device("cpu")):
+        c = torch.rand(2)
+    assert torch.equal(a, b) and not torch.equal(a, c)

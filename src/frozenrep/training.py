@@ -97,7 +97,8 @@ class ResumableBatchSampler(Sampler):
     def __len__(self) -> int:
         return max(self.steps - self.start, 0)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        """Per step, ``(index, sample seed, step)`` for each of this rank's samples."""
         perm, perm_epoch = None, -1
         for step in range(self.start, self.steps):
             epoch, pos = divmod(step, self.per_epoch)
@@ -105,21 +106,27 @@ class ResumableBatchSampler(Sampler):
                 perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
                 perm_epoch = epoch
             chunk = perm[pos * self.batch_size:(pos + 1) * self.batch_size].tolist()
-            batch = [(i, (self.seed * 1_000_003 + step) * 64 + j) for j, i in enumerate(chunk)]
+            batch = [(i, (self.seed * 1_000_003 + step) * 64 + j, step) for j, i in enumerate(chunk)]
             yield batch[self.rank::self.world]
 
 
 class KeyedDataset(Dataset):
-    """``dataset[key]`` together with the sample's seed (the second half of the sampler's key)."""
+    """``dataset[(index, sample seed)]`` together with the sample's seed.
+
+    A dataset whose samples change over the run (``keyed_by_step = True``, a pretraining curriculum)
+    is asked for ``dataset[(index, sample seed, step)]``; the step comes from the sampler, so a
+    resumed run sees what an uninterrupted one would.
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+        self.with_step = bool(getattr(dataset, "keyed_by_step", False))
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Any, int]:
-        return self.dataset[key], key[1]
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[Any, int]:
+        return self.dataset[key if self.with_step else key[:2]], key[1]
 
 
 class KeyedCollate:

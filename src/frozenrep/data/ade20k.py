@@ -29,6 +29,7 @@ from frozenrep.data.coco import DatasetError
 from frozenrep.data.shapes import SHAPES, background, shape_polygon
 from frozenrep.io import file_digest, write_text_atomic
 from frozenrep.progress import Progress, log
+from frozenrep.randomness import seeded_rng
 
 IGNORE_INDEX = 255
 SPLIT_DIRS = {"train": "training", "val": "validation"}
@@ -233,8 +234,7 @@ class ADE20KSegmentation(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, 0)
         image, labels = self.load(index)
         if self.augment is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            with seeded_rng(seed):
                 image, mask = self.augment(tv_tensors.Image(image), tv_tensors.Mask(labels))
             image, labels = image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
         return image.float() / 255.0, labels

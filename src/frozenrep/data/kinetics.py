@@ -32,6 +32,7 @@ from frozenrep.data.coco import DatasetError
 from frozenrep.data.shapes import SHAPES, shape_polygon
 from frozenrep.io import file_digest, write_text_atomic
 from frozenrep.progress import Progress, log
+from frozenrep.randomness import seeded_rng
 
 SPLITS = ("train", "val")
 CSV_FIELDS = ("label", "youtube_id", "time_start", "time_end", "split", "is_cc")
@@ -407,8 +408,7 @@ class KineticsClips(Dataset):
 
     def augment(self, clip: torch.Tensor, seed: int) -> torch.Tensor:
         """The training transform of a decoded clip, its random choices fixed by ``seed``."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_rng(seed):
             return self.transform(clip)
 
 
