@@ -6,7 +6,7 @@ command again (which must report "Nothing to be done"), and prints and saves bot
 with the per-rule totals from Snakemake's benchmark files.
 
     python benchmarks/dag.py --profile params/ci.yaml        # minutes
-    python benchmarks/dag.py --profile params/default.yaml   # the embedded default (about 21 minutes on 2 cores)
+    python benchmarks/dag.py --profile params/default.yaml   # the embedded default (about 15 minutes on 2 cores)
 """
 
 from __future__ import annotations

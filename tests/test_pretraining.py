@@ -22,6 +22,8 @@ def shrunk(name, steps=6, num_images=32, image_size=32, **train):
     """A registry entry with its pretraining cut to a few steps on a few small images."""
     entry = REGISTRY[name]
     images = {**entry.create["images"], "num_images": num_images, "image_size": image_size, "draw_size": 2 * image_size}
+    if images.get("neutral_until"):
+        images["neutral_until"] = [2, 4]  # neutral backdrops, then a mix, then scenes within the few steps
     create = {**entry.create, "images": images,
               "train": {**entry.create["train"], "steps": steps, "batch_size": 8, "warmup_steps": 0,
                         "checkpoint_every": 3, "log_every": 1, **train}}
@@ -68,6 +70,37 @@ def test_scale_augmentation_shows_the_drawn_patterns_at_other_scales():
     assert torch.equal(b[(1, 3)][0], views[3]) and not torch.equal(views[3], views[4])  # the seed decides
     with pytest.raises(PretrainingError, match="draw_size \\(16\\) must be at least image_size \\(32\\)"):
         ImageSetConfig(num_images=4, num_classes=4, image_size=32, draw_size=16)
+
+
+def test_backdrop_curriculum_moves_from_neutral_backdrops_to_scenes():
+    cfg = ImageSetConfig(num_images=8, num_classes=4, image_size=32, seed=0, neutral_until=(2, 6))
+    assert [cfg.neutral_share(s) for s in (0, 1, 2, 4, 6, 9)] == [1, 1, 1, 0.5, 0, 0]
+    lazy = LabelledImages(cfg, (0.5,) * 3, (0.25,) * 3)
+    drawn = LabelledImages(cfg, (0.5,) * 3, (0.25,) * 3).materialise()
+    assert lazy.keyed_by_step and not LabelledImages(dataclasses.replace(cfg, neutral_until=None), (0.5,) * 3,
+                                                     (0.25,) * 3).keyed_by_step
+    for k in range(8):
+        scene, inside = lazy.draw(k)
+        on_grey = drawn.on_neutral_backdrop(k)
+        assert np.array_equal(on_grey, lazy.on_neutral_backdrop(k))  # the stored (bit-packed) masks are the drawn ones
+        assert 0.05 < inside.mean() < 0.8 and np.array_equal(on_grey[inside], scene[inside])  # the object is unchanged
+        backdrop = on_grey[~inside].astype(float)
+        assert abs(backdrop.mean() - 128) < 3 and 8 < backdrop.std() < 16  # grey with the scenes' pixel noise
+        assert not np.array_equal(backdrop, scene[~inside])
+
+    def on_scene(view, k):
+        whole = lazy[k][0]  # without an augmentation seed: the image on its scene
+        return torch.equal(view, whole) or torch.equal(view, whole.flip(-1))
+
+    for k in (1, 6):
+        assert not any(on_scene(lazy[(k, s, 0)][0], k) for s in range(10))  # before start: all neutral
+        assert all(on_scene(lazy[(k, s, 6)][0], k) for s in range(10))  # from end on: all scenes
+        assert 10 < sum(on_scene(lazy[(k, s, 4)][0], k) for s in range(40)) < 30  # half way: about half
+        assert torch.equal(lazy[(k, 5, 4)][0], drawn[(k, 5, 4)][0])  # the seed and step decide
+    with pytest.raises(PretrainingError, match="need \\(index, aug_seed, step\\)"):
+        lazy[(1, 5)]
+    with pytest.raises(PretrainingError, match="neutral_until must be \\[start, end\\] steps"):
+        dataclasses.replace(cfg, neutral_until=(6, 2))
 
 
 def test_simmim_masks_the_requested_share_and_never_sees_masked_pixels():
@@ -171,6 +204,7 @@ def test_killed_pretraining_resumes_to_the_same_weights(tmp_path, monkeypatch, n
     ({"colour": "red"}, "create has unknown keys \\['colour'\\]"),
     ({"images": {"num_images": 10, "classes": 3}}, "create.images"),
     ({"images": {"num_images": 10, "num_classes": 3, "crop_scale": [0.5, 2.0]}}, "create.images: images.crop_scale"),
+    ({"images": {"num_images": 10, "num_classes": 3, "neutral_until": [300]}}, "create.images: images.neutral_until"),
 ])
 def test_bad_recipe_names_the_entry_and_key(change, message):
     entry = REGISTRY["tiny-swin-supervised"]
