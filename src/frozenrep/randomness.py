@@ -42,8 +42,8 @@ def seeded_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
 
     Only those generators are seeded. ``torch.manual_seed`` seeds every accelerator's too, and
     where there is none it queues the seed with a stack trace of the call for each of CUDA, MTIA and
-    XPU: about a millisecond per call inside a training loop, which seeds per sample (with 44 calls a
-    step it made an ADE20K step on the CPU half as slow again).
+    XPU: about a millisecond per call inside a training loop, which seeds per sample (a 150-step
+    ADE20K training, 44 calls a step, took 26 s with it and 22 s without).
     """
     gpu = device if device is not None and device.type == "cuda" else None
     with torch.random.fork_rng(devices=[gpu] if gpu is not None else []):
