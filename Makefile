@@ -1,5 +1,7 @@
 # frozenrep: the two commands of the README, and a few conveniences.
 #   make table1   install into .venv, then build results/table1.csv on the embedded default
+#   make tables   the same for results/table2.csv (head capacity) and results/table3.csv (backbone size)
+#   make study    table 1 over 3 seeds, with the video budget at which the heads learn (params/study.yaml)
 #   make test     install into .venv, then run the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -7,10 +9,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.frozenrep-installed
 
-.PHONY: table1 test venv lint dry-run-paper mlflow-ui clean
+.PHONY: table1 tables study test venv lint dry-run-paper mlflow-ui clean
 
 table1: $(STAMP)
 	$(BIN)/snakemake --cores all results/table1.csv
+
+tables: $(STAMP)
+	$(BIN)/snakemake --cores all results/table2.csv results/table3.csv
+
+study: $(STAMP)
+	$(BIN)/snakemake --cores all results/table1.csv --configfile params/default.yaml params/study.yaml
 
 # PYTEST_ARGS="-m 'not slurm and not browser'" leaves out the tests that start a SLURM cluster and
 # drive Chromium (both install Debian packages with apt-get; the SLURM one needs root).
@@ -32,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint
 
 dry-run-paper: $(STAMP)
-	$(BIN)/snakemake -n --configfile=params/paper.yaml results/table1.csv
+	$(BIN)/snakemake -n --configfile=params/paper.yaml results/table1.csv results/table2.csv results/table3.csv
 
 # The MLflow UI over the project's tracking store, on 127.0.0.1 only (MLFLOW_PORT=... to move it).
 MLFLOW_PORT ?= 5000

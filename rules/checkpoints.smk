@@ -3,9 +3,9 @@
 
 
 rule all_checkpoints:
-    """Every checkpoint of the profile's backbones, verified (the DVC checkpoints stage runs this)."""
+    """Every checkpoint the profile's tables use, verified (the DVC checkpoints stage runs this)."""
     input:
-        [checkpoint_path(name) for name in config["backbones"]],
+        [checkpoint_path(name) for name in profile_backbones()],
     localrule: True
 
 

@@ -3,15 +3,17 @@ import json
 import shlex
 import sys
 
+import yaml
+
 from frozenrep.checkpoints import load_registry
-from frozenrep.config import DATASET_OF_TASK, check_config, prefer_interpreter
+from frozenrep.config import DATASET_OF_TASK, check_config, is_profile_head, prefer_interpreter
 from frozenrep.config import job_spec as make_job_spec  # the rule's name for it is job_spec
 
 # Jobs' `python` is the interpreter running Snakemake (the project's virtual environment), even
 # when snakemake was started as .venv/bin/snakemake without activating the environment.
 prefer_interpreter(sys.executable)
 REGISTRY = load_registry(config["registry"])
-check_config(config, REGISTRY)
+check_config(config, REGISTRY, yaml.safe_load(open(workflow.source_path("../params/schemas/config.schema.yaml"))))
 SEEDS = list(range(config["seeds"]))
 
 
@@ -27,6 +29,12 @@ def init_tracking():
 def get_final_outputs():
     """What a plain `snakemake` builds: the study's table."""
     return ["results/table1.csv"]
+
+
+def profile_backbones():
+    """Every backbone of the profile's tables, each once: table 1's, then table 2's and table 3's."""
+    names = list(config["backbones"]) + [config.get("table2", {}).get("backbone")] + list(table3_backbones())
+    return [name for name in dict.fromkeys(names) if name]
 
 
 def checkpoint_path(name):
@@ -75,8 +83,19 @@ def head_inputs(wildcards):
 
 
 def job_spec(wildcards):
-    """Everything a training/evaluation job needs, as JSON (a change reruns exactly the affected jobs)."""
-    spec = make_job_spec(config, REGISTRY, wildcards.task, wildcards.backbone, wildcards.mode, wildcards.seed)
+    """Everything a training/evaluation job needs, as JSON (a change reruns exactly the affected jobs).
+    A backbone that only table 3 lists has its runs under table 3's MLflow parent run."""
+    only_table3 = wildcards.backbone not in config["backbones"] and wildcards.backbone in table3_backbones()
+    table = "table3" if only_table3 else "table1"
+    spec = make_job_spec(config, REGISTRY, wildcards.task, wildcards.backbone, wildcards.mode, wildcards.seed,
+                         table=table)
+    return json.dumps(spec, sort_keys=True)
+
+
+def rung_job_spec(wildcards):
+    """The job spec of a table-2 rung: the profile's task settings with the rung's head."""
+    spec = make_job_spec(config, REGISTRY, wildcards.task, wildcards.backbone, wildcards.mode, wildcards.seed,
+                         rung=wildcards.rung, table="table2")
     return json.dumps(spec, sort_keys=True)
 
 
@@ -118,10 +137,12 @@ def metrics_path(task, backbone, mode, seed):
     return f"results/metrics/{task}/{backbone}/{mode}/seed{seed}.json"
 
 
-def table_title(wildcards=None):
-    """Caption of results/table1.md and .png: the study and its seed count."""
+def table_title(table="table1"):
+    """Caption of a table's .md and .png: the study, the table's subject and its seed count."""
     seeds = config["seeds"]
-    return f"{config['study']}: {seeds} seed{'s' if seeds > 1 else ''} per cell" + (", mean ± std" if seeds > 1 else "")
+    subject = {"table1": "", "table2": " head capacity,", "table3": " backbone size,"}[table]
+    return (f"{config['study']}:{subject} {seeds} seed{'s' if seeds > 1 else ''} per cell"
+            + (", mean ± std" if seeds > 1 else ""))
 
 
 def get_table_inputs():
@@ -131,5 +152,53 @@ def get_table_inputs():
         for task in config["tasks"]
         for backbone in config["backbones"]
         for mode in config["modes"]
+        for seed in SEEDS
+    ]
+
+
+def missing_table(table):
+    raise ValueError(f"the profile has no `{table}` section, so results/{table}.csv cannot be built; "
+                     f"add one (params/default.yaml has an example).")
+
+
+def rung_metrics_path(task, rung, backbone, mode, seed):
+    """A table-2 rung's metric file; a rung with the profile's own head is table 1's job."""
+    if is_profile_head(config, task, rung):
+        return metrics_path(task, backbone, mode, seed)
+    return f"results/metrics/heads/{task}/{rung}/{backbone}/{mode}/seed{seed}.json"
+
+
+def table2_rung_labels():
+    """{metric file: rung name} of every job in table 2."""
+    t2 = config["table2"]
+    return {
+        rung_metrics_path(task, rung["name"], t2["backbone"], mode, seed): rung["name"]
+        for task, rungs in t2["rungs"].items()
+        for rung in rungs
+        for mode in t2["modes"]
+        for seed in SEEDS
+    }
+
+
+def get_table2_inputs(wildcards):
+    """Every metric file of table 2: task x rung x mode x seed on table2.backbone."""
+    if "table2" not in config:
+        missing_table("table2")
+    return list(table2_rung_labels())
+
+
+def table3_backbones():
+    return config.get("table3", {}).get("backbones", [])
+
+
+def get_table3_inputs(wildcards):
+    """Every metric file of table 3: task x backbone x mode x seed."""
+    if "table3" not in config:
+        missing_table("table3")
+    return [
+        metrics_path(task, backbone, mode, seed)
+        for task in config["tasks"]
+        for backbone in config["table3"]["backbones"]
+        for mode in config["table3"]["modes"]
         for seed in SEEDS
     ]

@@ -210,3 +210,16 @@ def test_swin_b_simmim_is_placed_by_hand_and_checked(tmp_path):
     loaded = load_into_model(entry, tmp_path / "swin-b-simmim.pth").state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
     assert build_backbone(entry, tmp_path / "swin-b-simmim.pth").channels == [128, 256, 512, 1024]
+
+
+def test_swinv2_g_entry_is_the_3b_architecture_and_names_where_its_file_goes(tmp_path):
+    """SwinV2-G's weights are not public: the entry builds the 3-billion-parameter model (counted on
+    the meta device, no memory) and a missing file is named with where to put it."""
+    entry = load_registry("params/checkpoints.yaml")["swinv2-g-in22k"]
+    with torch.device("meta"):
+        model = timm.create_model(entry.arch, pretrained=False, num_classes=0, **entry.arch_kwargs)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(3.0e9, rel=0.01)
+    placed = tmp_path / "manual" / "swinv2_giant_22k.pth"
+    with pytest.raises(CheckpointError) as err:
+        fetch_checkpoint(replace(entry, source=f"file://{placed}"), tmp_path / "swinv2-g-in22k.pth")
+    assert str(placed) in str(err.value)

@@ -34,6 +34,16 @@ def test_ci_profile_is_valid(workspace):
     (lambda c: c.update(backbones=["swin-z"]), r"backbones\[0\]: unknown backbone 'swin-z'.*tiny-swin-none"),
     (lambda c: c["datasets"]["coco"].update(source="existing", root="/nonexistent/coco"),
      r"datasets.coco.root: /nonexistent/coco does not exist"),
+    (lambda c: c["table2"].update(backbone="swin-z"), r"table2.backbone: unknown backbone 'swin-z'"),
+    (lambda c: c["table3"].update(backbones=["tiny-swin-none", "swin-z"]),
+     r"table3.backbones\[1\]: unknown backbone 'swin-z'"),
+    (lambda c: c["table2"]["rungs"]["coco"][1]["head"].update(fpn_layers=3),
+     r"table2.rungs.coco\[heavy\].head: unknown key\(s\) \['fpn_layers'\]; coco.head has: .*fpn_repeats"),
+    (lambda c: c["table2"]["rungs"]["k400"][0]["head"].update(depth="deep"),
+     r"table2.rungs.k400\[depth0\].head.depth: 'deep' is not of type 'integer'"),
+    (lambda c: c["table2"]["rungs"]["k400"].append({"name": "depth0", "head": {}}),
+     r"table2.rungs.k400: rung names must differ"),
+    (lambda c: c.update(tasks=["coco", "k400"]), r"table2.rungs.ade20k: 'ade20k' is not in tasks"),
 ])
 def test_bad_profile_is_rejected_before_any_job(workspace, change, expected):
     result = profile_with(workspace, change)

@@ -54,6 +54,32 @@ def test_roi_sampling_ratio_reaches_both_roi_poolers(tiny_entry):
         assert model.roi_heads.box_roi_pool.sampling_ratio == model.roi_heads.mask_roi_pool.sampling_ratio == ratio
 
 
+def test_fpn_repeats_stack_pyramids_and_add_the_pool_level_once(tiny_entry):
+    from conftest import TINY_HEAD
+
+    from frozenrep.backbones import build_backbone
+
+    def neck(repeats):
+        torch.manual_seed(0)
+        model = build_mask_rcnn(build_backbone(tiny_entry, None), 4,
+                                DetectionHeadConfig(**{**TINY_HEAD, "fpn_repeats": repeats}),
+                                tiny_entry.input_mean, tiny_entry.input_std)
+        return model.backbone
+
+    one, three = neck(1), neck(3)
+    size = lambda m: sum(p.numel() for p in m.fpn.parameters()) + sum(p.numel() for p in m.repeats.parameters())
+    # each repeat is a torchvision FPN on 16-channel levels: 4 x (1x1 + 3x3 convolutions)
+    assert size(three) - size(one) == 2 * 4 * (16 * 16 + 16 + 16 * 16 * 9 + 16)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = one(images), three(images)
+    assert list(a) == list(b) and list(a)[-1] == "pool"  # the max-pool level once, after the last FPN
+    assert [t.shape for t in a.values()] == [t.shape for t in b.values()] and len(a) == one.num_levels
+    assert not torch.allclose(a[list(a)[0]], b[list(b)[0]])
+    with pytest.raises(ValueError, match="fpn_repeats must be at least 1"):
+        neck(0)
+
+
 def ground_truth_outputs(ds, shift=0.0):
     """Model-style outputs that reproduce the ground truth (boxes shifted by `shift` x their width)."""
     outputs = []

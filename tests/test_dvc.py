@@ -16,6 +16,7 @@ from workspace import dvc, git, make_dvc_workspace, snakemake
 
 pytestmark = pytest.mark.workflow
 VERSIONED = ("data", "checkpoints", "results", "runs")
+TABLES = ("results/table1.csv", "results/table2.csv", "results/table3.csv")  # the study stage's targets
 
 
 def digests(ws):
@@ -52,7 +53,8 @@ def test_dvc_repro_gives_the_snakemake_table_byte_for_byte(study, ci_run):
     lock = yaml.safe_load((ws / "dvc.lock").read_text())
     assert lock["stages"]["study"]["params"]["params/ci.yaml"]["k400"]["train"]["steps"] == 6
     assert {o["path"] for o in lock["stages"]["study"]["outs"]} >= {"results/metrics", "results/table1.csv",
-                                                                    "results/table1.json", "results/curves"}
+                                                                    "results/table1.json", "results/curves",
+                                                                    "results/table2.csv", "results/table3.json"}
 
 
 def test_second_repro_does_nothing_and_snakemake_agrees(study):
@@ -79,23 +81,29 @@ def test_push_delete_pull_restores_everything_byte_identical(study):
     assert "Data and pipelines are up to date" in status.stdout, status.stdout
     # DVC restores files in its own order, so their modification times say nothing about the DAG:
     # `snakemake --touch` (README, "DVC") tells Snakemake they are up to date, and changes no byte.
-    touched = snakemake(ws, "--touch", "--cores", "1", "--configfile=params/ci.yaml", "results/table1.csv")
+    touched = snakemake(ws, "--touch", "--cores", "1", "--configfile=params/ci.yaml", *TABLES)
     assert touched.returncode == 0, touched.stderr[-3000:]
-    dry = snakemake(ws, "-n", "--configfile=params/ci.yaml", "results/table1.csv")
+    dry = snakemake(ws, "-n", "--configfile=params/ci.yaml", *TABLES)
     assert "Nothing to be done" in dry.stdout + dry.stderr
     assert digests(ws) == before
     assert "Data and pipelines are up to date" in dvc(ws, "status").stdout
 
 
-def test_one_task_parameter_reruns_only_that_tasks_jobs_and_the_table(study):
+# a K400 setting reruns the K400 jobs of table 1 (frozen and fine-tuned; table 3's frozen one is the
+# same job) and of table 2's other K400 rung, then the three tables
+K400_JOBS = {"train_head": 2, "evaluate_head": 2, "train_head_rung": 2, "evaluate_head_rung": 2,
+             "table1": 1, "table2": 1, "table3": 1}
+
+
+def test_one_task_parameter_reruns_only_that_tasks_jobs_and_the_tables(study):
     ws, _ = study
     result = dvc(ws, "exp", "run", "-S", "params/ci.yaml:k400.train.lr=0.002")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert snakemake_jobs(result.stdout + result.stderr) == {"train_head": 2, "evaluate_head": 2, "table1": 1}
+    assert snakemake_jobs(result.stdout + result.stderr) == K400_JOBS
     assert re.findall(r"Running stage '([\w@]+)'", result.stdout) == ["study"]
     ran = [path for line in re.findall(r"^\s+output: (.+)$", result.stdout + result.stderr, re.M)
            for path in line.split(", ")]
-    assert ran and all("/k400/" in path or path.startswith("results/table1") for path in ran), ran
+    assert ran and all("/k400/" in path or path.startswith("results/table") for path in ran), ran
     params = dvc(ws, "params", "diff")
     assert re.search(r"params/ci.yaml\s+k400.train.lr\s+0.001\s+0.002", params.stdout), params.stdout
     metrics = dvc(ws, "metrics", "diff", "--all")
@@ -109,9 +117,8 @@ def test_after_a_snakemake_run_dvc_status_says_what_dvc_will_do(study):
     config = yaml.safe_load((ws / "params/ci.yaml").read_text())
     config["k400"]["train"]["steps"] = 4
     (ws / "params/ci.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    ran = snakemake(ws, "--cores", "2", "--configfile=params/ci.yaml", "results/table1.csv")
-    assert ran.returncode == 0 and snakemake_jobs(ran.stdout + ran.stderr) == {"train_head": 2, "evaluate_head": 2,
-                                                                              "table1": 1}
+    ran = snakemake(ws, "--cores", "2", "--configfile=params/ci.yaml", *TABLES)
+    assert ran.returncode == 0 and snakemake_jobs(ran.stdout + ran.stderr) == K400_JOBS
     status = dvc(ws, "status").stdout
     assert re.search(r"study:[\s\S]*changed deps:[\s\S]*params/ci.yaml:[\s\S]*k400", status), status
     assert re.search(r"changed outs:[\s\S]*modified:\s+results/metrics", status), status
@@ -133,7 +140,7 @@ def test_each_profile_is_one_switch_away_and_declares_real_keys(tmp_path, profil
             **{f"dataset@{d}": f"snakemake --cores all --configfile={profile} data/{d}.manifest.json"
                for d in ("coco", "ade20k", "k400")},
             "checkpoints": f"snakemake --cores all --configfile={profile} all_checkpoints",
-            "study": f"snakemake --cores all --configfile={profile} results/table1.csv"}
+            "study": f"snakemake --cores all --configfile={profile} {' '.join(TABLES)}"}
         config = yaml.safe_load((ws / profile).read_text())
         for name, stage in stages.items():
             keys = [key for dep in stage.deps if hasattr(dep, "params") and dep.def_path == profile

@@ -89,3 +89,89 @@ def test_plot_has_one_panel_per_column_and_a_bar_per_backbone_and_mode(tmp_path,
     assert all(bars == 4 and labels == ["tiny-a", "tiny-b"] for _, bars, labels, _ in saved["axes"])
     assert all(errorbars > 0 for *_, errorbars in saved["axes"])  # standard deviations drawn
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def rung_file(path, task, rung, mode, seed, value, head_params, backbone_params=1000):
+    metric = {"coco": "box_ap", "ade20k": "miou", "k400": "top1"}[task]
+    trainable = head_params + (backbone_params if mode == "finetune" else 0)
+    path.write_text(json.dumps({"task": task, "backbone": "b1", "pretraining": "supervised", "mode": mode,
+                                "seed": seed, "rung": rung, "metrics": {metric: value}, "table_metrics": [metric],
+                                "head_params": head_params, "trainable_params": trainable,
+                                "backbone_params": backbone_params}))
+    return str(path)
+
+
+def test_table2_has_a_row_per_task_rung_and_mode_with_parameter_counts(tmp_path):
+    from frozenrep.tables import build_table2, nested_cells, table_metrics, write_table2_markdown
+
+    paths, rungs = [], {}
+    for task, ladder in {"coco": [("light", 100), ("heavy", 400)], "k400": [("depth0", 50), ("depth2", 90)]}.items():
+        for r, (rung, size) in enumerate(ladder):
+            for mode, base in (("frozen", 10.0), ("finetune", 20.0)):
+                for seed in range(2):
+                    path = rung_file(tmp_path / f"{task}-{rung}-{mode}-{seed}.json", task, None, mode, seed,
+                                     base + 5 * r + seed, size)
+                    paths.append(path)
+                    rungs[path] = rung  # the rung comes from the rule, as table 1's files carry none
+    table = build_table2(paths, rungs)
+    assert table[["task", "rung", "mode"]].values.tolist()[:4] == [
+        ["coco", "light", "frozen"], ["coco", "light", "finetune"], ["coco", "heavy", "frozen"],
+        ["coco", "heavy", "finetune"]]
+    heavy_ft = table[(table["rung"] == "heavy") & (table["mode"] == "finetune")].iloc[0]
+    assert heavy_ft["head_params"] == 400 and heavy_ft["trainable_params"] == 1400 and heavy_ft["seeds"] == 2
+    assert heavy_ft["coco_box_ap"] == pytest.approx(25.5) and heavy_ft["coco_box_ap_std"] == pytest.approx(0.7071, 1e-3)
+    assert pd.isna(heavy_ft["k400_top1"])  # another task's column stays empty
+    assert nested_cells(table)["k400"]["depth2"]["frozen"]["k400_top1"] == pytest.approx(15.5)
+    assert table_metrics(table)["coco/light/frozen/head_params"] == 100
+    write_table2_markdown(table, tmp_path / "t2.md", "heads")
+    text = (tmp_path / "t2.md").read_text()
+    assert "### COCO" in text and "### K400" in text
+    light = next(line for line in text.splitlines() if line.startswith("| light"))
+    assert [c.strip() for c in light.strip("|").split("|")] == [
+        "light", "100", "2", "10.50 ± 0.71", "20.50 ± 0.71", "+10.00"]
+
+
+def test_table2_names_a_metric_file_without_parameter_counts(tmp_path):
+    from frozenrep.tables import build_table2
+
+    path = metric_file(tmp_path / "old.json", "b1", "frozen", 0, 1.0, 2.0)
+    with pytest.raises(ValueError, match=r"old.json has no head_params.*rerun its evaluation"):
+        build_table2([path], {})
+
+
+def test_table3_keeps_published_rows_apart_and_plots_against_backbone_size(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from frozenrep.tables import build_table3, plot_table3, write_table3_markdown
+
+    paths = []
+    for name, size, box in (("small", 1e5, 3.0), ("big", 1.4e6, 9.0)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"task": "coco", "backbone": name, "pretraining": "supervised", "mode": "frozen",
+                                    "seed": 0, "metrics": {"box_ap": box}, "table_metrics": ["box_ap"],
+                                    "head_params": 10, "trainable_params": 10, "backbone_params": size}))
+        paths.append(path)
+    published = [{"backbone": "giant", "pretraining": "ext22k", "mode": "frozen", "backbone_params": 3e9,
+                  "source": "a paper", "metrics": {"coco_box_ap": 59.3}}]
+    table = build_table3(paths, published)
+    assert table["source"].tolist() == ["measured", "measured", "published: a paper"]
+    assert table["backbone_params"].tolist() == [1e5, 1.4e6, 3e9] and table["coco_box_ap"].tolist() == [3, 9, 59.3]
+    write_table3_markdown(table, tmp_path / "t3.md")
+    assert "| giant" in (tmp_path / "t3.md").read_text() and "3B" in (tmp_path / "t3.md").read_text()
+    saved = {}
+    savefig = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        saved["lines"] = [(line.get_label(), list(line.get_xdata())) for line in ax.lines if line.get_label()[0] != "_"]
+        saved["lines"] += [(c.get_label(), list(c.lines[0].get_xdata())) for c in ax.containers]
+        saved["scale"] = ax.get_xscale()
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    plot_table3(table, tmp_path / "t3.png")
+    assert saved["scale"] == "log"
+    assert ("giant (published)", [3e9]) in saved["lines"]
+    assert any(label == "frozen" and xs == [1e5, 1.4e6] for label, xs in saved["lines"])
+    with pytest.raises(ValueError, match=r"table3.published\[0\] \(giant\).*ade20k_miou"):
+        build_table3(paths, [{**published[0], "metrics": {"ade20k_miou": 50.0}}])

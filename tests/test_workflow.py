@@ -18,6 +18,11 @@ def job_counts(output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
 
 
+def k400_steps(output: str) -> list[str]:
+    """The training steps in the job specs of the video jobs a dry run prints (-p)."""
+    return re.findall(r'"task": "k400", "task_config": \{.*?"train": \{[^}]*"steps": (\d+)', output)
+
+
 def test_lint_is_clean():
     result = snakemake(REPO, "--lint")
     assert result.returncode == 0 and "Congratulations" in result.stdout + result.stderr, result.stdout
@@ -41,6 +46,24 @@ def test_paper_profile_dry_run_lists_the_whole_dag_offline(tmp_path):
     assert not (ws / "data").exists() and not (ws / "checkpoints").exists()
 
 
+def test_paper_profile_dry_run_of_tables_2_and_3(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    result = snakemake(ws, "-n", "-p", "--configfile=params/paper.yaml", "results/table2.csv", "results/table3.csv")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # table 2: SwinV2-L x (frozen, finetune) x rungs (COCO 3, ADE20K 3, K400 4), one per task being the
+    # profile's head (table 1's jobs: train_head); table 3: 3 backbones x 3 tasks, frozen, SwinV2-L's shared
+    assert job_counts(result.stdout) == {"prepare_dataset": 3, "fetch_checkpoint": 3, "train_head": 6 + 6,
+                                         "train_head_rung": 14, "evaluate_head": 12, "evaluate_head_rung": 14,
+                                         "table2": 1, "table3": 1}
+    assert "runs/heads/coco/4conv1fc-fpn3/swinv2-l-in22k/frozen/seed0/head.safetensors" in result.stdout
+    assert "results/metrics/ade20k/swinv2-l-in22k/finetune/seed0.json" in result.stdout  # the pd1-td4 rung
+    assert "runs/heads/ade20k/pd1-td4" not in result.stdout
+    assert "results/metrics/k400/swin-b-in22k/frozen/seed0.json" in result.stdout
+    assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/train.py") == 26
+    assert "swinv2-g-lin22" in result.stdout  # the published reference row goes to make_table.py
+    assert not (ws / "data").exists() and not (ws / "checkpoints").exists()
+
+
 def test_default_profile_dry_run(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     result = snakemake(ws, "-n", "results/table1.csv")
@@ -50,6 +73,16 @@ def test_default_profile_dry_run(tmp_path):
                                          "train_head": 24, "evaluate_head": 24, "table1": 1}
     three_seeds = snakemake(ws, "-n", "results/table1.csv", "--config", "seeds=3")
     assert job_counts(three_seeds.stdout)["train_head"] == 72 and job_counts(three_seeds.stdout)["evaluate_head"] == 72
+    # the study layer: 3 seeds, and the video heads train 1000 steps instead of 200
+    study = snakemake(ws, "-n", "-p", "results/table1.csv", "--configfile", "params/default.yaml", "params/study.yaml")
+    assert job_counts(study.stdout)["train_head"] == 72
+    assert set(k400_steps(study.stdout)) == {"1000"} and set(k400_steps(snakemake(ws, "-n", "-p").stdout)) == {"200"}
+    # tables 2 and 3: supervised x (frozen, finetune) x rungs (3 + 3 + 5, one per task table 1's), and
+    # 3 widths x 3 tasks frozen (the middle one shared): 3 pretrainings
+    tables = snakemake(ws, "-n", "results/table2.csv", "results/table3.csv")
+    assert job_counts(tables.stdout) == {"create_local_backbone": 3, "fetch_checkpoint": 3, "prepare_dataset": 3,
+                                         "train_head": 6 + 6, "train_head_rung": 16, "evaluate_head": 12,
+                                         "evaluate_head_rung": 16, "table2": 1, "table3": 1}
 
 
 def test_ci_run_produces_table1(ci_run):
@@ -206,4 +239,112 @@ def test_report_holds_the_table_the_curves_and_the_pictures(ci_run):
     assert len(pngs) == 1 + 6 + 6 * 4  # table chart, one curve per training, four pictures per evaluation
     for caption in ("Table 1 of study &quot;ci&quot;", "Training curve of the coco head",
                     "beside prediction", "frames of the centre view"):
+        assert caption in html, caption
+
+
+@pytest.fixture(scope="module")
+def tables_run(ci_run, tmp_path_factory):
+    """Tables 2 and 3 on a copy of the finished CI workspace, tracked in its own store: the CI
+    profile's head ladders, and a size ladder of two supervised backbones whose pretrainings are cut
+    to a few steps (a registry written here), with a published reference row."""
+    import shutil
+
+    ws, result = ci_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    copy = tmp_path_factory.mktemp("tables") / "ws"
+    shutil.copytree(ws, copy, symlinks=True)
+    registry = yaml.safe_load((copy / "params/checkpoints.yaml").read_text())
+    for entry in registry.values():
+        if "train" in entry.get("create", {}):
+            images = entry["create"]["images"]
+            images.update(num_images=32, image_size=32, draw_size=64, neutral_until=[2, 4])
+            entry["create"]["train"].update(steps=6, batch_size=8, warmup_steps=0, checkpoint_every=3, log_every=2)
+    (copy / "params/checkpoints-ci.yaml").write_text(yaml.safe_dump(registry))
+    (copy / "params/ci-tables.yaml").write_text(yaml.safe_dump({
+        "registry": "params/checkpoints-ci.yaml",
+        "table3": {"backbones": ["tiny-swin-supervised-xs", "tiny-swin-supervised"], "modes": ["frozen"],
+                   "published": [{"backbone": "giant-published", "pretraining": "supervised", "mode": "frozen",
+                                  "backbone_params": 3.0e9, "source": "a paper", "metrics": {"k400_top1": 81.7}}]}}))
+    table1_metrics = {p: p.stat().st_mtime_ns for p in (copy / "results/metrics").rglob("*.json")}
+    uri = f"sqlite:///{copy / 'mlruns-tables.db'}"
+    args = ("results/table2.csv", "results/table3.csv", "--configfile", "params/ci.yaml", "params/ci-tables.yaml")
+    result = snakemake(copy, "--cores", "2", *args, env={"MLFLOW_TRACKING_URI": uri})
+    again = snakemake(copy, "-n", *args, env={"MLFLOW_TRACKING_URI": uri})
+    return copy, result, again, table1_metrics, uri
+
+
+def test_tables_2_and_3_run_on_the_ci_profile(tables_run):
+    ws, result, again, table1_metrics, _ = tables_run
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "Nothing to be done" in again.stdout + again.stderr
+    # the rungs with the profile's head are table 1's jobs: reused, not rerun
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in table1_metrics.items())
+    assert "train_head_rung" in result.stdout + result.stderr
+
+    table2 = pd.read_csv(ws / "results/table2.csv")
+    assert table2[["task", "rung", "mode"]].values.tolist() == [
+        [task, rung, mode] for task, rungs in (("coco", ("profile", "heavy")), ("ade20k", ("pd1-td4", "pd2-td2")),
+                                               ("k400", ("depth0", "depth1")))
+        for rung in rungs for mode in ("frozen", "finetune")]
+    backbone = json.loads((ws / "results/metrics/coco/tiny-swin-none/frozen/seed0.json").read_text())["backbone_params"]
+    frozen, finetune = table2[table2["mode"] == "frozen"], table2[table2["mode"] == "finetune"]
+    assert (frozen["trainable_params"] == frozen["head_params"]).all()
+    assert (finetune["trainable_params"].values == finetune["head_params"].values + backbone).all()
+    size = table2.drop_duplicates(["task", "rung"]).set_index("rung")["head_params"]
+    assert size["heavy"] > size["profile"] and size["pd2-td2"] != size["pd1-td4"] and size["depth0"] < size["depth1"]
+    assert table2.loc[table2["task"] == "coco", "coco_box_ap"].between(0, 100).all()
+    assert table2.loc[table2["task"] == "k400", "coco_box_ap"].isna().all()
+    markdown = (ws / "results/table2.md").read_text()
+    assert markdown.startswith("ci: head capacity, 1 seed per cell") and "### ADE20K" in markdown and " gap " in markdown
+    assert (ws / "results/table2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    heavy = json.loads((ws / "results/metrics/heads/coco/heavy/tiny-swin-none/frozen/seed0.json").read_text())
+    assert heavy["rung"] == "heavy" and heavy["head_params"] == size["heavy"]
+
+    table3 = pd.read_csv(ws / "results/table3.csv")
+    assert table3["backbone"].tolist() == ["tiny-swin-supervised-xs", "tiny-swin-supervised", "giant-published"]
+    assert table3["source"].tolist() == ["measured", "measured", "published: a paper"]
+    assert table3["backbone_params"].iloc[0] < table3["backbone_params"].iloc[1] < 3e9
+    assert table3["k400_top1"].iloc[2] == 81.7 and table3["coco_box_ap"].iloc[:2].between(0, 100).all()
+    assert "| giant-published" in (ws / "results/table3.md").read_text()
+    assert (ws / "results/table3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tables_2_and_3_have_their_parent_runs(tables_run):
+    from mlflow.tracking import MlflowClient
+
+    ws, result, _, _, uri = tables_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("ci").experiment_id], max_results=500)
+    parents = {r.info.run_name: r for r in runs if r.data.tags.get("role") == "table"}
+    assert {name: run.info.status for name, run in parents.items() if name != "table1"} == {
+        "table2": "FINISHED", "table3": "FINISHED"}
+    table2 = json.loads((ws / "results/table2.json").read_text())
+    assert parents["table2"].data.metrics["coco/heavy/frozen/coco_box_ap"] == pytest.approx(
+        table2["coco"]["heavy"]["frozen"]["coco_box_ap"])
+    assert parents["table3"].data.metrics["giant-published/frozen/k400_top1"] == 81.7
+    by_name = {r.info.run_name: r for r in runs}
+    rung = by_name["coco[heavy]-tiny-swin-none-frozen-s0"]
+    assert rung.data.tags["mlflow.parentRunId"] == parents["table2"].info.run_id and rung.data.tags["rung"] == "heavy"
+    assert rung.data.tags["head.fpn_repeats"] == "2" and rung.data.params["head.box_head_convs"] == "2"
+    assert by_name["k400-tiny-swin-supervised-xs-frozen-s0"].data.tags["mlflow.parentRunId"] == \
+        parents["table3"].info.run_id
+    assert sorted(a.path for a in client.list_artifacts(parents["table2"].info.run_id, "table")) == [
+        f"table/table2.{ext}" for ext in ("csv", "json", "md", "png")]
+
+
+def test_report_of_tables_2_and_3(tables_run):
+    import base64
+
+    ws, result, *_ = tables_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = snakemake(ws, "--report", "results/report-tables.html", "results/table2.csv", "results/table3.csv",
+                       "--configfile", "params/ci.yaml", "params/ci-tables.yaml")
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (ws / "results/report-tables.html").read_text()
+    embedded = re.findall(r"data:([a-z/]+);charset=utf8;filename=[^;]*;base64,([A-Za-z0-9+/=]+)", html)
+    csvs = {base64.b64decode(data) for kind, data in embedded if kind == "text/csv"}
+    assert csvs == {(ws / f"results/table{n}.csv").read_bytes() for n in (2, 3)}
+    for caption in ("Table 2 of study &quot;ci&quot;, head capacity", "Table 3 of study &quot;ci&quot;, backbone size",
+                    "Table 2 as lines", "Table 3 as lines"):
         assert caption in html, caption

@@ -80,9 +80,23 @@ def job_tags(spec: dict[str, Any], checkpoint: Path, manifest: Path, job: str) -
     the inputs' hashes."""
     head = flatten("head", spec["task_config"].get("head", {}))
     return {"task": spec["task"], "backbone": spec["backbone"], "pretraining": spec["entry"]["pretraining"],
-            "mode": spec["mode"], "seed": spec["seed"], "job": job, "git_commit": git_commit(),
+            "mode": spec["mode"], "seed": spec["seed"], "job": job, "rung": spec.get("rung", "profile"),
+            "git_commit": git_commit(),
             "checkpoint_sha256": checkpoint_sha256(checkpoint), "data_sha256": file_digest(manifest),
             "head_sha256": fingerprint_of(spec["task_config"])[:16], **head}
+
+
+def spec_run_name(spec: dict[str, Any]) -> str:
+    return run_name(spec["task"], spec["backbone"], spec["mode"], spec["seed"], spec.get("rung"))
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Trainable parameters in the job's mode, and the backbone's and the head's (everything else) sizes."""
+    backbone = {id(p) for m in model.modules() if isinstance(m, BackboneAdapter) for p in m.parameters()}
+    params = list(model.parameters())
+    return {"trainable_params": sum(p.numel() for p in params if p.requires_grad),
+            "backbone_params": sum(p.numel() for p in params if id(p) in backbone),
+            "head_params": sum(p.numel() for p in params if id(p) not in backbone)}
 
 
 def job_fingerprint(spec: dict[str, Any], checkpoint: Path) -> str:
@@ -120,13 +134,14 @@ def run_training(spec: dict[str, Any], checkpoint: Path, manifest: Path, out_hea
     saved = state_file.read_text().split() if state_file.exists() else []
     resume_id = saved[1] if len(saved) == 2 and saved[0] == fingerprint else None
     tracking = spec.get("tracking", {})
-    name = run_name(spec["task"], spec["backbone"], spec["mode"], spec["seed"])
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    name = spec_run_name(spec)
+    counts = parameter_counts(model)
+    trainable = counts["trainable_params"]
     params = {**flatten("", spec["task_config"]), "backbone": spec["backbone"], "mode": spec["mode"],
-              "seed": spec["seed"], "trainable_params": trainable,
-              "total_params": sum(p.numel() for p in model.parameters())}
+              "seed": spec["seed"], **counts, "total_params": sum(p.numel() for p in model.parameters())}
     with tracked_run(resolve_uri(tracking.get("uri")), spec["study"], name,
-                     job_tags(spec, checkpoint, manifest, "train"), params, resume_run_id=resume_id) as run:
+                     job_tags(spec, checkpoint, manifest, "train"), params, resume_run_id=resume_id,
+                     parent=spec.get("table", "table1")) as run:
         write_text_atomic(state_file, f"{fingerprint} {run.run_id}\n")
         run.log_dict({k: v for k, v in spec.items() if k != "tracking"}, "config.json")  # the resolved job config
         start = time.monotonic()
@@ -187,10 +202,10 @@ def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head:
         task.evaluate(model, val_set, spec["task_config"], device)
         return
     tracking = spec.get("tracking", {})
-    name = run_name(spec["task"], spec["backbone"], spec["mode"], spec["seed"])
+    name = spec_run_name(spec)
     with tracked_run(resolve_uri(tracking.get("uri")), spec["study"], name,
                      job_tags(spec, checkpoint, manifest, "train+evaluate"),
-                     resume_run_id=meta.get("mlflow_run_id")) as run:
+                     resume_run_id=meta.get("mlflow_run_id"), parent=spec.get("table", "table1")) as run:
         start = time.monotonic()
         metrics, predictions = task.evaluate(model, val_set, spec["task_config"], device)
         seconds = time.monotonic() - start
@@ -200,7 +215,8 @@ def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head:
         scalars[f"{spec['task']}/skipped_samples"] = len(skipped)
         run.log_metrics(scalars, int(meta.get("steps", 0)))
         record = {"task": spec["task"], "backbone": spec["backbone"], "pretraining": spec["entry"]["pretraining"],
-                  "mode": spec["mode"], "seed": spec["seed"], "metrics": metrics,
+                  "mode": spec["mode"], "seed": spec["seed"], "rung": spec.get("rung"),
+                  **parameter_counts(model), "metrics": metrics,
                   "table_metrics": list(task.table_metrics), "num_images": len(val_set),
                   "skipped_samples": skipped,
                   "eval_seconds": round(seconds, 2),

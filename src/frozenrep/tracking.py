@@ -73,8 +73,9 @@ def ensure_experiment(uri: str, name: str, artifact_root: str | Path = "mlartifa
         return experiment.experiment_id
 
 
-def run_name(task: str, backbone: str, mode: str, seed: int) -> str:
-    return f"{task}-{backbone}-{mode}-s{seed}"
+def run_name(task: str, backbone: str, mode: str, seed: int, rung: str | None = None) -> str:
+    """``coco-tiny-swin-none-frozen-s0``; a table-2 rung's head goes after the task: ``coco[heavy]-...``."""
+    return f"{task}{f'[{rung}]' if rung else ''}-{backbone}-{mode}-s{seed}"
 
 
 def parent_run(uri: str, experiment: str, table: str) -> str:

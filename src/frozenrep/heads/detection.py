@@ -31,6 +31,7 @@ class DetectionHeadConfig:
 
     fpn_channels: int = 256
     extra_blocks: str = "maxpool"           # "maxpool" (P6 by max-pooling, the Mask R-CNN default) or "none"
+    fpn_repeats: int = 1                    # stacked FPNs: >1 adds top-down passes over the pyramid (a heavier neck)
     anchor_sizes: Sequence[Sequence[int]] = ((32,), (64,), (128,), (256,), (512,))
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0)
     rpn_convs: int = 1
@@ -58,18 +59,31 @@ def _group_norm(channels: int) -> nn.GroupNorm:
 class FPNBackbone(nn.Module):
     """Backbone adapter followed by a feature pyramid; ``out_channels`` as torchvision expects."""
 
-    def __init__(self, body: BackboneAdapter, out_channels: int, extra_blocks: str = "maxpool") -> None:
+    def __init__(self, body: BackboneAdapter, out_channels: int, extra_blocks: str = "maxpool",
+                 repeats: int = 1) -> None:
         super().__init__()
         if extra_blocks not in ("maxpool", "none"):
             raise ValueError(f"detection.head.extra_blocks must be 'maxpool' or 'none', got {extra_blocks!r}")
+        if repeats < 1:
+            raise ValueError(f"detection.head.fpn_repeats must be at least 1, got {repeats}")
         self.body = body
-        self.fpn = FeaturePyramidNetwork(body.channels, out_channels,
-                                         extra_blocks=LastLevelMaxPool() if extra_blocks == "maxpool" else None)
+        # The first FPN reads the backbone's stages; each repeat is another torchvision FPN over the
+        # previous pyramid (lateral 1x1 + top-down + 3x3), the "extra FPN repeats" of a heavier neck
+        # [Vasconcelos22]. The max-pool level is added once, after the last.
+        extra = LastLevelMaxPool() if extra_blocks == "maxpool" else None
+        self.fpn = FeaturePyramidNetwork(body.channels, out_channels, extra_blocks=extra if repeats == 1 else None)
+        self.repeats = nn.ModuleList(
+            FeaturePyramidNetwork([out_channels] * len(body.channels), out_channels,
+                                  extra_blocks=extra if i == repeats - 2 else None)
+            for i in range(repeats - 1))
         self.out_channels = out_channels
         self.num_levels = len(body.channels) + (1 if extra_blocks == "maxpool" else 0)
 
     def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        return self.fpn(self.body(images))
+        pyramid = self.fpn(self.body(images))
+        for fpn in self.repeats:
+            pyramid = fpn(pyramid)
+        return pyramid
 
 
 class PerSampleSampler(BalancedPositiveNegativeSampler):
@@ -101,7 +115,7 @@ class PerSampleSampler(BalancedPositiveNegativeSampler):
 def build_mask_rcnn(backbone: BackboneAdapter, num_classes: int, head: DetectionHeadConfig,
                     image_mean: Sequence[float], image_std: Sequence[float]) -> MaskRCNN:
     """Mask R-CNN with FPN on ``backbone``; sized from the adapter's channels and levels only."""
-    fpn = FPNBackbone(backbone, head.fpn_channels, head.extra_blocks)
+    fpn = FPNBackbone(backbone, head.fpn_channels, head.extra_blocks, head.fpn_repeats)
     if len(head.anchor_sizes) != fpn.num_levels:
         raise ValueError(f"detection.head.anchor_sizes has {len(head.anchor_sizes)} levels, but the FPN on this "
                          f"backbone has {fpn.num_levels} ({len(backbone.channels)} stages"
