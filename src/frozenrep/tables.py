@@ -303,25 +303,32 @@ def _save(plt, fig, out: str | Path) -> None:
     plt.close(fig)
 
 
+def _mode_lines(ax, frame: pd.DataFrame, x: str, column: str) -> dict[str, pd.DataFrame]:
+    """One error-bar line per mode of ``column`` against ``x`` (sorted), std over seeds as bars."""
+    frame = frame[frame[column].notna()].sort_values(x, kind="stable")
+    lines = {}
+    for m, mode in enumerate(dict.fromkeys(frame["mode"])):
+        line = lines[mode] = frame[frame["mode"] == mode]
+        std = line[f"{column}_std"] if f"{column}_std" in line else None
+        ax.errorbar(line[x], line[column], yerr=std, marker="o", capsize=3, color=f"C{m}",
+                    label=MODE_TITLES.get(mode, mode))
+    ax.set_xscale("log")
+    ax.set_xlabel(x.replace("_params", " parameters"))
+    ax.set_title(column_title(column))
+    ax.grid(alpha=0.3)
+    return lines
+
+
 def plot_table2(table: pd.DataFrame, out: str | Path, title: str = "") -> None:
     """One panel per metric: the metric against the head's parameter count (the trainable count when
     frozen; log scale), a line per mode with the std over seeds as error bars, rungs labelled."""
     columns = value_columns(table)
     plt, fig, axes = _line_panels(columns, title)
     for ax, column in zip(axes, columns):
-        sub = table[table[column].notna()].sort_values("head_params", kind="stable")
-        for m, mode in enumerate(dict.fromkeys(sub["mode"])):
-            line = sub[sub["mode"] == mode]
-            std = line[f"{column}_std"] if f"{column}_std" in line else None
-            ax.errorbar(line["head_params"], line[column], yerr=std, marker="o", capsize=3, color=f"C{m}",
-                        label=MODE_TITLES.get(mode, mode))
-            if m == 0:
-                for x, y, rung in zip(line["head_params"], line[column], line["rung"]):
-                    ax.annotate(rung, (x, y), textcoords="offset points", xytext=(3, 4), fontsize="x-small")
-        ax.set_xscale("log")
-        ax.set_xlabel("head parameters")
-        ax.set_title(column_title(column))
-        ax.grid(alpha=0.3)
+        lines = _mode_lines(ax, table, "head_params", column)
+        first = next(iter(lines.values()))
+        for x, y, rung in zip(first["head_params"], first[column], first["rung"]):
+            ax.annotate(rung, (x, y), textcoords="offset points", xytext=(3, 4), fontsize="x-small")
     axes[0].legend(loc="best", fontsize="small")
     _save(plt, fig, out)
 
@@ -331,20 +338,11 @@ def plot_table3(table: pd.DataFrame, out: str | Path, title: str = "") -> None:
     per mode over the measured backbones; published rows as separate stars, labelled."""
     columns = value_columns(table)
     plt, fig, axes = _line_panels(columns, title)
-    measured = table[table["source"] == "measured"].sort_values("backbone_params", kind="stable")
-    published = table[table["source"] != "measured"]
+    measured, published = table[table["source"] == "measured"], table[table["source"] != "measured"]
     for ax, column in zip(axes, columns):
-        for m, mode in enumerate(dict.fromkeys(measured["mode"])):
-            line = measured[(measured["mode"] == mode) & measured[column].notna()]
-            std = line[f"{column}_std"] if f"{column}_std" in line else None
-            ax.errorbar(line["backbone_params"], line[column], yerr=std, marker="o", capsize=3, color=f"C{m}",
-                        label=MODE_TITLES.get(mode, mode))
+        _mode_lines(ax, measured, "backbone_params", column)
         for row in published[published[column].notna()].to_dict("records"):
             ax.plot([row["backbone_params"]], [row[column]], marker="*", markersize=11, color="black",
                     linestyle="none", label=f"{row['backbone']} (published)")
-        ax.set_xscale("log")
-        ax.set_xlabel("backbone parameters")
-        ax.set_title(column_title(column))
-        ax.grid(alpha=0.3)
     axes[0].legend(loc="best", fontsize="small")
     _save(plt, fig, out)
