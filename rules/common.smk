@@ -2,6 +2,7 @@
 import json
 import shlex
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -13,7 +14,8 @@ from frozenrep.config import job_spec as make_job_spec  # the rule's name for it
 # when snakemake was started as .venv/bin/snakemake without activating the environment.
 prefer_interpreter(sys.executable)
 REGISTRY = load_registry(config["registry"])
-check_config(config, REGISTRY, yaml.safe_load(open(workflow.source_path("../params/schemas/config.schema.yaml"))))
+SCHEMA = yaml.safe_load(Path(workflow.source_path("../params/schemas/config.schema.yaml")).read_text())
+check_config(config, REGISTRY, SCHEMA)  # the schema checks each table-2 rung's head
 SEEDS = list(range(config["seeds"]))
 
 
