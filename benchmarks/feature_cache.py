@@ -29,7 +29,7 @@ def measure(task: str, size: str, device_name: str, samples: int, where: str, ro
     """Times of the three passes (no cache, cold, warm) over the same inputs, in one process."""
     import torch
 
-    from frozenrep.backbones import FeatureCache
+    from frozenrep.feature_cache import FeatureCache
 
     device = _device(device_name)
     model, _, batch, per_batch = _model_and_batch(task, size, "frozen", device)
@@ -56,12 +56,14 @@ def measure(task: str, size: str, device_name: str, samples: int, where: str, ro
     adapter = model.backbone.body if task == "coco" else model.backbone
     run_pass()  # warm-up: kernels, allocator
     plain = run_pass()
-    cache = FeatureCache("b" * 64, root if where == "disk" else None)
+    # As the evaluation job attaches it: only the levels the head reads (the video head: one).
+    cache = FeatureCache("b" * 64, root if where == "disk" else None, getattr(model, "backbone_levels", None))
     adapter.use_cache(cache)
     cold = run_pass()
     warm = run_pass()
     n = len(batches) * per_batch
-    return {"task": task, "size": size, "where": where, "samples": n, "no_cache_s": plain, "cold_s": cold,
+    return {"task": task, "size": size, "where": where, "levels": list(cache.levels or ["all"]),
+            "samples": n, "no_cache_s": plain, "cold_s": cold,
             "warm_s": warm, "speedup_warm": plain / warm, "hits": cache.hits, "misses": cache.misses,
             "disk_mb": (sum(f.stat().st_size for f in Path(root).rglob("*.feat")) / 2**20) if where == "disk" else None}
 
@@ -92,13 +94,14 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(root, ignore_errors=True)
                 report["results"].append(r)
                 print(json.dumps(r), flush=True)
+                save_report(args.out, report, quiet=True)
     print(f"\n{report['environment']['device']}, torch {report['environment']['torch']}")
-    print(f"{'size':8} {'task':6} {'cache':7} {'samples':>7} {'none s':>8} {'cold s':>8} {'warm s':>8} {'warm x':>7}")
+    print(f"{'size':8} {'task':6} {'cache':7} {'levels':8} {'samples':>7} {'none s':>8} {'cold s':>8} {'warm s':>8} {'warm x':>7}")
     for r in report["results"]:
         if "error" in r:
             print(f"{r['size']:8} {r['task']:6} {r['where']:7} error: {r['error']}")
             continue
-        print(f"{r['size']:8} {r['task']:6} {r['where']:7} {r['samples']:7d} {r['no_cache_s']:8.3f} "
+        print(f"{r['size']:8} {r['task']:6} {r['where']:7} {','.join(r['levels']):8} {r['samples']:7d} {r['no_cache_s']:8.3f} "
               f"{r['cold_s']:8.3f} {r['warm_s']:8.3f} {r['speedup_warm']:7.2f}")
     save_report(args.out, report)
     return 0

@@ -3,9 +3,12 @@
 import pytest
 import torch
 
-from frozenrep.backbones import FeatureCache, build_backbone
+from frozenrep.backbones import build_backbone
 from frozenrep.data.coco import CocoDetection, collate
 from frozenrep.evaluation.coco import evaluate_detection
+from frozenrep.feature_cache import FeatureCache, FingerprintWeights, fingerprints
+from frozenrep.heads.video import VideoClassifier, VideoHeadConfig
+from frozenrep.jobs import attach_feature_cache
 
 
 def outputs(model, images):
@@ -46,12 +49,13 @@ def test_cached_passes_give_the_uncached_outputs_bit_for_bit(tiny_detector, tiny
         assert (fresh.hits, fresh.misses) == (4, 0)
 
 
-def test_a_batch_of_cached_and_new_samples_is_put_back_in_order(tiny_entry):
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_a_batch_of_cached_and_new_samples_is_put_back_in_order(tiny_entry, tmp_path, on_disk):
     torch.manual_seed(0)
     backbone = build_backbone(tiny_entry, None, mode="frozen")
     x = torch.rand(5, 3, 64, 64)
     reference = backbone(x)
-    cache = FeatureCache("n" * 64)
+    cache = FeatureCache("n" * 64, tmp_path if on_disk else None)
     backbone.use_cache(cache)
     backbone(x[[1, 3]])  # two of the five are known
     mixed = backbone(x)
@@ -61,13 +65,101 @@ def test_a_batch_of_cached_and_new_samples_is_put_back_in_order(tiny_entry):
         assert not torch.allclose(mixed[name][[1, 3]], reference[name][[3, 1]], atol=1e-3)  # order matters
 
 
-def test_another_transform_or_checkpoint_is_another_key(tiny_entry, tmp_path):
+def test_another_transform_or_checkpoint_is_another_key(tmp_path):
     x = torch.rand(3, 64, 64)
     cache = FeatureCache("a" * 64, tmp_path)
     assert cache.key(x) != cache.key(x.flip(-1))                   # an augmented input
     assert cache.key(x) != cache.key(x[:, :32])                    # a crop
+    assert cache.key(x) != cache.key(x.bfloat16())                 # another precision
     assert cache.key(x) != FeatureCache("b" * 64, tmp_path).key(x)  # other weights
+    assert cache.key(x) != FeatureCache("a" * 64, tmp_path, ["stage4"]).key(x)  # other levels kept
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        in_bf16 = cache.key(x)
+    assert cache.key(x) != in_bf16  # features computed under autocast
     assert cache.key(x) == FeatureCache("a" * 64, tmp_path).key(x.clone())
+
+
+def signed64(value: int) -> int:
+    value %= 2 ** 64
+    return value - 2 ** 64 if value >= 2 ** 63 else value
+
+
+def test_fingerprints_are_the_exact_sums_modulo_2_64():
+    x = torch.randn(3, 5, 7)
+    bits = x.view(torch.int32).reshape(3, -1).tolist()
+    weights = FingerprintWeights().get(35, torch.device("cpu")).tolist()
+    assert all(w % 2 == 1 for row in weights for w in row)  # odd: a one-value change always shows
+    expected = [tuple(signed64(sum(b * w for b, w in zip(sample, row))) for row in weights) for sample in bits]
+    assert fingerprints(x) == expected
+    assert fingerprints(x, chunk_elements=1) == expected  # chunking (a sample at a time) changes nothing
+
+
+def test_fingerprint_weights_keep_their_prefix_when_they_grow():
+    small, large = FingerprintWeights(), FingerprintWeights()
+    first = small.get(10, torch.device("cpu")).clone()
+    large.get((1 << 20) * 2 + 5, torch.device("cpu"))
+    assert torch.equal(large.get(10, torch.device("cpu")), first)
+    assert torch.equal(small.get((1 << 20) + 1, torch.device("cpu"))[:, :10], first)
+
+
+def test_a_fingerprint_sees_every_value_and_its_lowest_bit_but_not_the_memory_layout():
+    x = torch.rand(2, 3, 16, 16)
+    base = fingerprints(x)
+    for index in [(0, 0, 0, 0), (1, 2, 15, 15), (0, 1, 7, 3)]:
+        y = x.clone()
+        y.view(torch.int32)[index] ^= 1  # the float's lowest mantissa bit
+        changed = fingerprints(y)
+        sample = index[0]
+        assert changed[sample] != base[sample] and changed[1 - sample] == base[1 - sample], index
+    assert fingerprints(x.contiguous(memory_format=torch.channels_last)) == base
+    assert fingerprints(torch.zeros(2, 4)) == [(0, 0), (0, 0)] and fingerprints(-torch.zeros(2, 4)) != [(0, 0), (0, 0)]
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_a_video_head_caches_only_the_level_it_reads(tiny_entry, tmp_path, on_disk):
+    torch.manual_seed(0)
+    head = VideoHeadConfig(num_frames=4, depth=1, width=16, num_heads=2)
+    model = VideoClassifier(build_backbone(tiny_entry, None, mode="frozen"), 3, head, tiny_entry.input_mean,
+                            tiny_entry.input_std).eval()
+    clips = torch.rand(2, 3, 4, 64, 64)
+    with torch.no_grad():
+        reference = model(clips)
+        checkpoint = tmp_path / "weights.safetensors"
+        checkpoint.write_bytes(b"the weights' stand-in: attach_feature_cache keys by this file's sha256")
+        (cache,) = attach_feature_cache(model, checkpoint, tmp_path / "cache" if on_disk else None)
+        assert cache.levels == (model.level,) == ("stage4",)
+        cold, warm = model(clips), model(clips)
+    assert torch.equal(cold, reference) and torch.equal(warm, reference)
+    assert (cache.hits, cache.misses) == (8, 8)  # 2 clips x 4 frames, each frame a sample
+    stored = next(iter(cache.memory.values())) if not on_disk else cache.load(cache.keys(
+        ((clips.transpose(1, 2).reshape(8, 3, 64, 64) - model.mean) / model.std))[0])
+    assert [tuple(f.shape) for f in stored] == [(model.backbone.channels[-1], 2, 2)]  # the last level only
+    with pytest.raises(ValueError, match="stage9"):
+        model.backbone.use_cache(FeatureCache("v" * 64, levels=["stage9"]))
+
+
+def test_a_short_or_garbled_cache_file_is_a_miss_and_is_rewritten(tiny_entry, tmp_path, caplog):
+    torch.manual_seed(0)
+    backbone = build_backbone(tiny_entry, None, mode="frozen")
+    x = torch.rand(4, 3, 64, 64)
+    reference = backbone(x)
+    backbone.use_cache(FeatureCache("g" * 64, tmp_path))
+    backbone(x)
+    files = sorted((tmp_path / ("g" * 16)).rglob("*.feat"))
+    short, garbled = files[0], files[1]
+    short.write_bytes(short.read_bytes()[:-100])   # a disk that filled up under another tool
+    garbled.write_bytes(b"\x10" + b"\x00" * 7 + b"not json at all!")
+    cache = FeatureCache("g" * 64, tmp_path)
+    backbone.use_cache(cache)
+    again = backbone(x)
+    assert (cache.hits, cache.misses) == (2, 2)
+    for name in backbone.names:  # two of four recomputed: a batch of 2 rounds differently from one of 4
+        torch.testing.assert_close(again[name], reference[name], rtol=1e-5, atol=1e-6)
+    assert str(short) in caplog.text and str(garbled) in caplog.text
+    fresh = FeatureCache("g" * 64, tmp_path)
+    backbone.use_cache(fresh)
+    backbone(x)
+    assert (fresh.hits, fresh.misses) == (4, 0)  # both files were rewritten whole
 
 
 def test_a_fine_tuned_backbone_refuses_a_cache(tiny_entry):
@@ -85,7 +177,7 @@ def test_two_jobs_writing_the_same_entry_do_not_fail(tiny_entry, tmp_path):
     key = one.key(x[0])
     one._store(key, [f[0] for f in feats])
     two._store(key, [f[0] for f in feats])  # lost the race: keeps the first, raises nothing
-    loaded = two._load(key)
+    loaded = two.load(key)
     assert all(torch.equal(a, b[0]) for a, b in zip(loaded, feats))
     assert not [p for p in (tmp_path / ("a" * 16) / key[:2]).iterdir() if p.name.startswith(".")]
 

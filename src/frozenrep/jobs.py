@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from frozenrep.backbones import BackboneAdapter, FeatureCache, build_backbone, trainable_state_dict
+from frozenrep.backbones import BackboneAdapter, build_backbone, trainable_state_dict
 from frozenrep.checkpoints import CheckpointEntry
+from frozenrep.feature_cache import FeatureCache
 from frozenrep.io import atomic_dir, atomic_path, file_digest, write_json_atomic, write_text_atomic
 from frozenrep.progress import log
 from frozenrep.tasks import dataclass_from, get_task
@@ -172,11 +173,13 @@ def write_curve(curve: list[dict[str, float]], out: Path) -> None:
 
 
 def attach_feature_cache(model: torch.nn.Module, checkpoint: Path, root: Path | None) -> list[FeatureCache]:
-    """Give every frozen backbone in ``model`` a feature cache under ``root`` (keyed by the checkpoint)."""
+    """Give every frozen backbone in ``model`` a feature cache under ``root`` (keyed by the checkpoint),
+    keeping only the levels the head reads where it says so (``model.backbone_levels``)."""
     caches = []
+    levels = getattr(model, "backbone_levels", None)
     for module in model.modules():
         if isinstance(module, BackboneAdapter) and module.frozen:
-            cache = FeatureCache(checkpoint_sha256(checkpoint), root)
+            cache = FeatureCache(checkpoint_sha256(checkpoint), root, levels)
             module.use_cache(cache)
             caches.append(cache)
     return caches

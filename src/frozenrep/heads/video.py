@@ -51,6 +51,11 @@ class VideoClassifier(nn.Module):
         self.register_buffer("mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
 
+    @property
+    def backbone_levels(self) -> list[str]:
+        """The backbone levels this head reads (a feature cache keeps only these)."""
+        return [self.level]
+
     def frame_features(self, video: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) in 0..1 -> (B, T, width): every frame through the backbone in one batch."""
         b, c, t, h, w = video.shape
