@@ -14,6 +14,11 @@ The backbone-forward section times the frozen backbone alone (no_grad, bf16 auto
 counts its FLOPs with ``torch.utils.flop_counter`` and reports the achieved rate, as a fraction of
 the device's dense bf16 peak where the device is known (or ``--peak-tflops``).
 
+``--variants`` adds frozen steps and forwards with the backbone changed: ``compile`` (its body
+under ``torch.compile``), ``fused`` (timm's window attention through
+``F.scaled_dot_product_attention``, which timm leaves off for Swin) or both. Each ratio then has
+one entry per variant, against the same eager fine-tuned step.
+
     python benchmarks/heads.py --sizes paper default --out benchmarks/results/<name>.json
 """
 
@@ -143,8 +148,40 @@ def _peak_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def measure_step(task: str, size: str, mode: str, device_name: str, steps: int, warmup: int) -> dict:
-    """Median training-step time, throughput and peak memory of one (task, size, mode)."""
+VARIANTS = ("eager", "compile", "fused", "compile+fused")
+
+
+def _before_build(variant: str) -> None:
+    """``fused``: timm's Swin window attention through ``F.scaled_dot_product_attention`` (timm
+    leaves it off for Swin, as experimental); it is read when the model is built."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown backbone variant {variant!r}; known: {VARIANTS}")
+    if "fused" in variant:
+        from timm.layers import set_fused_attn
+
+        set_fused_attn(True, experimental=True)
+
+
+def _after_build(model, variant: str) -> dict:
+    """``compile``: the frozen backbone bodies in ``model`` under ``torch.compile`` (heads stay
+    eager). Returns what was changed, counted, so that a result shows the variant took effect."""
+    import torch
+
+    from frozenrep.backbones import BackboneAdapter
+
+    adapters = [m for m in model.modules() if isinstance(m, BackboneAdapter) and m.frozen]
+    fused = sum(1 for m in model.modules() if getattr(m, "fused_attn", False) is True)
+    if "compile" in variant:
+        for adapter in adapters:
+            adapter.body = torch.compile(adapter.body)
+    return {"variant": variant, "fused_attention_modules": fused,
+            "compiled_bodies": len(adapters) if "compile" in variant else 0}
+
+
+def measure_step(task: str, size: str, mode: str, device_name: str, steps: int, warmup: int,
+                 variant: str = "eager") -> dict:
+    """Median training-step time, throughput and peak memory of one (task, size, mode), its frozen
+    backbone in ``variant`` (see :data:`VARIANTS`)."""
     import torch
 
     from frozenrep.training import Optimisation, TrainConfig, to_device
@@ -154,8 +191,10 @@ def measure_step(task: str, size: str, mode: str, device_name: str, steps: int, 
     train_cfg = {k: v for k, v in profile[task]["train"].items() if k in TrainConfig.__dataclass_fields__}
     cfg = TrainConfig(**{**train_cfg, "steps": steps + warmup, "warmup_steps": 0,
                          "step_milestones": tuple(train_cfg.get("step_milestones", (0.67, 0.89)))})
+    _before_build(variant)
     model, loss_fn, batch, items = _model_and_batch(task, size, mode, device)
     model.to(device).train()
+    applied = _after_build(model, variant)
     batch = to_device(batch, device)
     opt = Optimisation(model, cfg, device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -172,23 +211,25 @@ def measure_step(task: str, size: str, mode: str, device_name: str, steps: int, 
             times.append(time.perf_counter() - t0)
     times.sort()
     median = times[len(times) // 2]
-    return {"task": task, "size": size, "mode": mode, "batch": items, "steps": steps,
+    return {"task": task, "size": size, "mode": mode, **applied, "batch": items, "steps": steps,
             "step_s_median": median, "step_s_min": times[0], "items_per_s": items / median,
             "peak_mem_mb": _peak_mb(device), "trainable_params": trainable, "total_params": total,
             "amp_dtype": str(opt.amp_dtype).replace("torch.", "") if opt.amp_dtype else "float32"}
 
 
 def measure_forward(size: str, device_name: str, steps: int, warmup: int, peak_tflops: float | None,
-                    batch: int, image: int, compiled: bool = False) -> dict:
-    """The frozen backbone's forward alone: time, FLOPs and achieved rate (``compiled``: torch.compile)."""
+                    batch: int, image: int, variant: str = "eager") -> dict:
+    """The frozen backbone's forward alone, in ``variant``: time, FLOPs and achieved rate."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     device = _device(device_name)
     spec = {"batch": batch, "image": image}
+    _before_build(variant)
     backbone, _ = _backbone(size, "frozen")
     backbone.to(device)
-    run = torch.compile(backbone) if compiled else backbone
+    fused = sum(1 for m in backbone.modules() if getattr(m, "fused_attn", False) is True)
+    run = torch.compile(backbone) if "compile" in variant else backbone
     x = torch.rand(spec["batch"], 3, spec["image"], spec["image"], device=device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
@@ -214,7 +255,8 @@ def measure_forward(size: str, device_name: str, steps: int, warmup: int, peak_t
     if peak_tflops is None and device.type == "cuda":
         peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     achieved = flops / median / 1e12
-    return {"size": size, "compiled": compiled, "batch": spec["batch"], "image": spec["image"], "gflops_per_image": flops / spec["batch"] / 1e9,
+    return {"size": size, "variant": variant, "compiled": "compile" in variant, "fused_attention_modules": fused,
+            "batch": spec["batch"], "image": spec["image"], "gflops_per_image": flops / spec["batch"] / 1e9,
             "forward_s_median": median, "images_per_s": spec["batch"] / median, "achieved_tflops": achieved,
             "peak_tflops": peak_tflops, "fraction_of_peak": achieved / peak_tflops if peak_tflops else None,
             "dtype": str(dtype).replace("torch.", "")}
@@ -236,14 +278,16 @@ def _in_child(kind: str, **kwargs) -> dict:
     return result
 
 
-def save_report(out: Path | None, report: dict) -> None:
-    """Write the report as JSON, atomically, when ``out`` is given."""
+def save_report(out: Path | None, report: dict, quiet: bool = False) -> None:
+    """Write the report as JSON, atomically, when ``out`` is given (also part-way: a run cut short
+    by a time limit keeps what it measured)."""
     if out:
         from frozenrep.io import write_text_atomic
 
         out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out, json.dumps(report, indent=2) + "\n")
-        print(f"wrote {out}")
+        if not quiet:
+            print(f"wrote {out}")
 
 
 def environment(device_name: str) -> dict:
@@ -262,13 +306,18 @@ def environment(device_name: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["default"])
-    parser.add_argument("--tasks", nargs="+", choices=["coco", "ade20k", "k400"], default=["coco", "ade20k", "k400"])
+    parser.add_argument("--tasks", nargs="*", choices=["coco", "ade20k", "k400"], default=["coco", "ade20k", "k400"],
+                        help="task heads whose steps are timed (none: the backbone forward alone)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu or cuda[:N]")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads on the CPU (default: torch's)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, if unknown")
-    parser.add_argument("--compile", action="store_true", help="also time the backbone forward under torch.compile")
+    parser.add_argument("--variants", nargs="*", choices=VARIANTS[1:], default=[],
+                        help="also time the frozen steps and the forward with the backbone in these variants: "
+                             "compile (torch.compile), fused (timm's fused window attention), compile+fused")
+    parser.add_argument("--compile", action="store_true", help="the same as --variants compile")
+    parser.add_argument("--no-forward", action="store_true", help="leave out the backbone-forward section")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -283,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
+    variants = ["eager"] + list(dict.fromkeys(args.variants + (["compile"] if args.compile else [])))
     settings = {k: v for k, v in vars(args).items() if k not in ("child", "out")}
     report = {"environment": environment(args.device), "settings": settings, "sizes": {k: SIZES[k] for k in args.sizes},
               "steps": [], "forward": [], "ratios": []}
@@ -290,42 +340,52 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(env)
     for size in args.sizes:
         for task in args.tasks:
-            pair = {}
-            for mode in ("frozen", "finetune"):
+            runs = {}  # the fine-tuned step is eager: variants are of the frozen backbone
+            for mode, variant in [("frozen", "eager"), ("finetune", "eager")] + [("frozen", v) for v in variants[1:]]:
                 r = _in_child("step", task=task, size=size, mode=mode, device_name=args.device,
-                              steps=args.steps, warmup=args.warmup)
+                              steps=args.steps, warmup=args.warmup, variant=variant)
                 report["steps"].append(r)
-                pair[mode] = r
+                runs[mode if mode == "finetune" else variant] = r
                 print(json.dumps(r), flush=True)
-            if all("error" not in r for r in pair.values()):
-                f, t = pair["frozen"], pair["finetune"]
-                report["ratios"].append({"task": task, "size": size,
-                                         "step_time_ratio": f["step_s_median"] / t["step_s_median"],
-                                         "peak_mem_ratio": f["peak_mem_mb"] / t["peak_mem_mb"]})
-        for spec in SIZES[size]["forward"]:
-            for compiled in (False, True) if args.compile else (False,):
+                save_report(args.out, report, quiet=True)
+            t = runs["finetune"]
+            if "error" not in t and "error" not in runs["eager"]:
+                f = runs["eager"]
+                ratio = {"task": task, "size": size, "step_time_ratio": f["step_s_median"] / t["step_s_median"],
+                         "peak_mem_ratio": f["peak_mem_mb"] / t["peak_mem_mb"],
+                         "variants": {v: {"step_time_ratio": r["step_s_median"] / t["step_s_median"],
+                                          "peak_mem_ratio": r["peak_mem_mb"] / t["peak_mem_mb"]}
+                                      for v, r in runs.items() if v != "finetune" and "error" not in r}}
+                report["ratios"].append(ratio)
+        for spec in [] if args.no_forward else SIZES[size]["forward"]:
+            for variant in variants:
                 r = _in_child("forward", size=size, device_name=args.device, steps=args.steps, warmup=args.warmup,
-                              peak_tflops=args.peak_tflops, compiled=compiled, **spec)
+                              peak_tflops=args.peak_tflops, variant=variant, **spec)
                 report["forward"].append(r)
                 print(json.dumps(r), flush=True)
+                save_report(args.out, report, quiet=True)
 
     print(f"\n{report['environment']['device']}, torch {report['environment']['torch']}")
-    print(f"{'size':8} {'task':7} {'mode':9} {'step ms':>9} {'items/s':>9} {'peak MB':>9} {'trainable':>11}")
+    print(f"{'size':8} {'task':7} {'mode':20} {'step ms':>9} {'items/s':>9} {'peak MB':>9} {'trainable':>11}")
     for r in report["steps"]:
         if "error" in r:
-            print(f"{r['size']:8} {r['task']:7} {r['mode']:9} error: {r['error']}")
+            print(f"{r['size']:8} {r['task']:7} {r['mode'] + ' ' + r.get('variant', ''):20} error: {r['error']}")
             continue
-        print(f"{r['size']:8} {r['task']:7} {r['mode']:9} {r['step_s_median'] * 1e3:9.1f} {r['items_per_s']:9.2f} "
+        mode = r["mode"] + ("" if r["variant"] == "eager" else f" ({r['variant']})")
+        print(f"{r['size']:8} {r['task']:7} {mode:20} {r['step_s_median'] * 1e3:9.1f} {r['items_per_s']:9.2f} "
               f"{r['peak_mem_mb']:9.0f} {r['trainable_params']:11,d}")
     for r in report["ratios"]:
+        others = "".join(f"; {v}: {x['step_time_ratio']:.2f} / {x['peak_mem_ratio']:.2f}"
+                         for v, x in r["variants"].items() if v != "eager")
         print(f"frozen/fine-tune {r['size']:8} {r['task']:7} step time {r['step_time_ratio']:.2f}  "
-              f"peak memory {r['peak_mem_ratio']:.2f}")
+              f"peak memory {r['peak_mem_ratio']:.2f}{others}")
     for r in report["forward"]:
         if "error" in r:
             print(f"backbone forward {r['size']} {r['batch']}x{r['image']}px: error: {r['error']}")
             continue
         frac = f"{100 * r['fraction_of_peak']:.1f} % of {r['peak_tflops']} TFLOP/s" if r["fraction_of_peak"] else "peak unknown"
-        print(f"backbone forward {r['size']:8} {r['batch']}x{r['image']}px{' compiled' if r['compiled'] else ''}: "
+        variant = "" if r.get("variant", "eager") == "eager" else f" {r['variant']}"
+        print(f"backbone forward {r['size']:8} {r['batch']}x{r['image']}px{variant}: "
               f"{r['gflops_per_image']:.2f} GFLOP/image, {r['images_per_s']:.1f} img/s, "
               f"{r['achieved_tflops']:.3f} TFLOP/s ({frac})")
     save_report(args.out, report)

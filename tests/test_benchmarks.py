@@ -73,3 +73,83 @@ def test_multitask_benchmark_runs_the_backbone_once_for_three_heads(tmp_path):
     assert row["separate_ms"] > 0 and row["shared_ms"] > 0 and row["backbone_ms"] > 0
     assert row["speedup"] == pytest.approx(row["separate_ms"] / row["shared_ms"], abs=0.02)
     assert "three heads separately" in done.stdout
+
+
+def write(path: Path, report: dict) -> Path:
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_goals_judge_gpu_results_and_leave_cpu_results_unjudged(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import goals
+
+    gpu = {"device": "NVIDIA H200"}
+    steps = write(tmp_path / "heads-h200.json", {"environment": gpu, "forward": [
+        {"size": "paper", "batch": 256, "image": 224, "variant": "eager", "compiled": False, "fraction_of_peak": 0.2,
+         "achieved_tflops": 198.0, "peak_tflops": 989.4},
+        {"size": "paper", "batch": 256, "image": 224, "variant": "compile+fused", "compiled": True,
+         "fraction_of_peak": 0.42, "achieved_tflops": 415.5, "peak_tflops": 989.4}],
+        "ratios": [{"task": "coco", "size": "paper", "step_time_ratio": 0.6, "peak_mem_ratio": 0.5,
+                    "variants": {"eager": {"step_time_ratio": 0.6, "peak_mem_ratio": 0.5},
+                                 "fused": {"step_time_ratio": 0.44, "peak_mem_ratio": 0.55}}}]})
+    rest = write(tmp_path / "heads-rest-h200.json", {"environment": gpu, "forward": [], "ratios": [
+        {"task": "k400", "size": "paper", "step_time_ratio": 0.3, "peak_mem_ratio": 0.1}]})
+    cache = write(tmp_path / "feature-cache-h200.json", {"environment": gpu, "results": [
+        {"task": "k400", "size": "paper", "where": "disk", "speedup_warm": 3.5, "warm_s": 0.1},
+        {"task": "coco", "size": "paper", "where": "disk", "speedup_warm": 1.9, "warm_s": 0.4},
+        {"task": "coco", "size": "default", "where": "disk", "speedup_warm": 9.0, "warm_s": 0.1}]})
+    dag = write(tmp_path / "dag.json", {"profile": "params/default.yaml", "noop_run_s": 5.4, "full_run_s": 900.0,
+                                        "jobs_per_rule": {"train": 2, "evaluate": 2}})
+    cpu = write(tmp_path / "heads-cpu.json", {"environment": {"device": "cpu (2 cores)"}, "forward": [], "ratios": [
+        {"task": "coco", "size": "paper", "step_time_ratio": 0.1, "peak_mem_ratio": 0.1}]})
+
+    rows = {(r["goal"], r["note"].split(",")[0]): r for r in goals.evaluate([steps, rest, cache, dag])}
+    step = rows[("coco_step_time_ratio", "fused (eager 0.60")]
+    assert (step["measured"], step["met"]) == (0.44, True)  # the best of the backbone's variants
+    peak = rows[("coco_peak_mem_ratio", "eager (eager 0.50")]
+    assert (peak["measured"], peak["met"]) == (0.5, False)
+    forward = rows[("backbone_fraction_of_peak", "256 x 224 px")]
+    assert "compile+fused" in forward["note"]
+    assert (forward["measured"], forward["met"]) == (0.42, True)
+    assert rows[("feature_cache_warm_speedup", "k400")]["met"] is True
+    assert rows[("feature_cache_warm_speedup", "coco")]["met"] is False  # the default-size row is not a goal
+    assert len([r for r in rows if r[0] == "feature_cache_warm_speedup"]) == 2
+    assert rows[("noop_snakemake_s", "params/default.yaml")]["met"] is False
+    assert "4 jobs" in rows[("noop_snakemake_s", "params/default.yaml")]["note"]
+
+    unjudged = goals.evaluate([cpu])
+    assert [r["goal"] for r in unjudged] == ["coco_step_time_ratio", "coco_peak_mem_ratio", "backbone_fraction_of_peak"]
+    assert all(r["met"] is None and r["note"] == "measured on a CPU" for r in unjudged)
+
+    done = run("goals.py", str(steps), str(tmp_path / "nothing.json"))
+    assert done.returncode != 0 and "nothing.json" in done.stderr
+
+
+def gpu_sh(out: Path, **env: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(out)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHON": sys.executable, **env})
+
+
+def test_gpu_run_refuses_a_machine_without_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal is for machines without it")
+    done = gpu_sh(tmp_path / "out")
+    assert done.returncode != 0 and "CUDA is not available" in done.stderr
+    assert not list((tmp_path / "out").glob("*.json"))
+
+
+def test_gpu_run_stages_that_run_out_of_time_are_reported_and_the_next_ones_still_run(tmp_path):
+    limits = {"COCO_S": "1", "FORWARD_S": "1", "CACHE_S": "1", "HEADS_S": "1", "MULTITASK_S": "1"}
+    done = gpu_sh(tmp_path, FROZENREP_BENCH_DEVICE="cpu", FROZENREP_BENCH_SIZES="default", **limits)
+    assert done.returncode != 0 and "no stage wrote a result" in done.stdout + done.stderr
+    ended = [line for line in done.stdout.splitlines() if " ended with status " in line]
+    assert [line.split(" ended")[0] for line in ended] == [
+        "gpu.sh: COCO steps", "gpu.sh: backbone forward", "gpu.sh: feature cache", "gpu.sh: ADE20K and K400 steps",
+        "gpu.sh: shared multi-task pass"]
+    assert all("status 124" in line for line in ended)  # timeout's status: cut at the limit
+    assert (tmp_path / "gpu-cpu-smoke.log").read_text().count(" ended with status 124") == 5
