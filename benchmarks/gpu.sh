@@ -8,9 +8,10 @@
 # Sized for one 10-minute run on a single H100 or H200: each stage has its own time limit
 # (seconds, in the variables below) and writes its JSON as it goes, so a stage cut short keeps
 # what it measured and the next one still runs. The files are named after the GPU
-# (heads-h200.json, ..., and the whole output in gpu-h200.log). Needs CUDA and frozenrep's Python dependencies; where they cannot be
-# installed (a machine without a registry), wheels in .whl/ are installed into /tmp/site first.
-# FROZENREP_BENCH_DEVICE=cpu FROZENREP_BENCH_SIZES=default run the same stages on a CPU (a smoke test).
+# (heads-h200.json, ..., and the whole output in gpu-h200.log). Needs CUDA and frozenrep's Python
+# dependencies; where they cannot be installed (a machine without a registry), wheels in .whl/ are
+# installed into /tmp/site first. FROZENREP_BENCH_DEVICE=cpu FROZENREP_BENCH_SIZES=default run the
+# same stages on a CPU (a smoke test).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${1:-${OUT:-benchmarks/results}}

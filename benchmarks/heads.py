@@ -228,19 +228,25 @@ def measure_forward(size: str, device_name: str, steps: int, warmup: int, peak_t
     _before_build(variant)
     backbone, _ = _backbone(size, "frozen")
     backbone.to(device)
-    fused = sum(1 for m in backbone.modules() if getattr(m, "fused_attn", False) is True)
-    run = torch.compile(backbone) if "compile" in variant else backbone
     x = torch.rand(spec["batch"], 3, spec["image"], spec["image"], device=device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
     def forward():
         with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            return run(x)
+            return backbone(x)
 
+    # Counted eagerly, before any compiling, and with the attention unfused: FlopCounterMode counts
+    # scaled_dot_product_attention apart from the matrix products it replaces, and every variant's
+    # rate should be of the same count.
+    fused = [m for m in backbone.modules() if getattr(m, "fused_attn", False) is True]
+    for m in fused:
+        m.fused_attn = False
     with FlopCounterMode(display=False) as counter:
-        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            backbone(x)  # counted eagerly: the same operations, compiled or not
+        forward()
+    for m in fused:
+        m.fused_attn = True
     flops = counter.get_total_flops()
+    applied = _after_build(backbone, variant)
     times = []
     for i in range(warmup + steps):
         _sync(device)
@@ -255,8 +261,7 @@ def measure_forward(size: str, device_name: str, steps: int, warmup: int, peak_t
     if peak_tflops is None and device.type == "cuda":
         peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     achieved = flops / median / 1e12
-    return {"size": size, "variant": variant, "compiled": "compile" in variant, "fused_attention_modules": fused,
-            "batch": spec["batch"], "image": spec["image"], "gflops_per_image": flops / spec["batch"] / 1e9,
+    return {"size": size, **applied, "compiled": "compile" in variant, "batch": spec["batch"], "image": spec["image"], "gflops_per_image": flops / spec["batch"] / 1e9,
             "forward_s_median": median, "images_per_s": spec["batch"] / median, "achieved_tflops": achieved,
             "peak_tflops": peak_tflops, "fraction_of_peak": achieved / peak_tflops if peak_tflops else None,
             "dtype": str(dtype).replace("torch.", "")}

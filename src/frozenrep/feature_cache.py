@@ -96,15 +96,16 @@ class FeatureCache:
     (:meth:`frozenrep.backbones.BackboneAdapter.use_cache`) passes only those levels in.
 
     On disk (``root`` given) each key is one file: an 8-byte header length, a JSON header of each
-    level's dtype, shape and offset, then the raw levels, each at a 64-byte boundary. It is written
+    level's dtype, shape and offset (counted from the first 64-byte boundary after the header),
+    then the raw levels, each at a 64-byte boundary. It is written
     to a temporary file and renamed into place (parallel jobs may share the cache; the last
     identical write wins). A batch's hits are read straight from the files into one host buffer
     per level, pinned when the batch is on a GPU, which then goes over in one asynchronous copy
     (a memory map would fault in every 4 KiB page of a 30 MB entry, then copy it once more). An
     unreadable or short file is a miss: its features are computed and the file rewritten.
     Features are stored in their own precision, float32 on the CPU and bf16 under CUDA autocast, so
-    a cached pass gives the same head outputs, bit for bit, as an uncached one. Without ``root`` the features stay in memory,
-    on the device that computed them, for the life of the object.
+    a cached pass gives the same head outputs, bit for bit, as an uncached one. Without ``root``
+    the features stay in memory, on the device that computed them, for the life of the object.
     A backbone's samples must not influence each other (true in eval mode: no batch statistics).
     """
 
@@ -141,7 +142,8 @@ class FeatureCache:
         try:
             with open(path, "rb") as handle:
                 size = int.from_bytes(handle.read(8), "little")
-                entries = [(getattr(torch, d), tuple(s), int(o)) for d, s, o in json.loads(handle.read(size))]
+                start = _aligned(8 + size)
+                entries = [(getattr(torch, d), tuple(s), start + int(o)) for d, s, o in json.loads(handle.read(size))]
                 length = os.fstat(handle.fileno()).st_size
         except FileNotFoundError:
             return None
@@ -190,19 +192,13 @@ class FeatureCache:
         for f in feats:
             header.append([_name(f.dtype), list(f.shape), offset])
             offset += _aligned(_nbytes(f.dtype, f.shape))
-        # The offsets so far count from the start of the data, which begins after the header; making
-        # them absolute lengthens each by a few digits, which the 16 characters per level leave room for.
-        start = _aligned(8 + len(json.dumps(header)) + 16 * len(header))
-        for item in header:
-            item[2] += start
         head = json.dumps(header).encode()
-        if 8 + len(head) > start:
-            raise RuntimeError(f"feature-cache header of {len(head)} bytes outgrew its {start - 8}")
+        start = _aligned(8 + len(head))  # the offsets count from here
         with atomic_path(self._path(key)) as tmp:
             with open(tmp, "wb") as out:
                 out.write(len(head).to_bytes(8, "little") + head)
                 for f, (_, _, at) in zip(feats, header):
-                    out.seek(at)
+                    out.seek(start + at)
                     out.write(_bytes_of(f))
 
     def _cached(self, keys: list[str], found: dict[int, object], device: torch.device) -> list[torch.Tensor]:
@@ -255,7 +251,7 @@ def _name(dtype: torch.dtype) -> str:
 
 
 def _nbytes(dtype: torch.dtype, shape: Sequence[int]) -> int:
-    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return math.prod(shape) * dtype.itemsize
 
 
 def _bytes_of(tensor: torch.Tensor) -> memoryview:
