@@ -178,19 +178,25 @@ def _after_build(model, variant: str) -> dict:
             "compiled_bodies": len(adapters) if "compile" in variant else 0}
 
 
+def train_config(task: str, size: str, steps: int):
+    """The profile's training settings for ``task``, for ``steps`` steps without learning-rate warm-up."""
+    from frozenrep.training import TrainConfig
+
+    train_cfg = {k: v for k, v in _profile(size)[task]["train"].items() if k in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**{**train_cfg, "steps": steps, "warmup_steps": 0,
+                          "step_milestones": tuple(train_cfg.get("step_milestones", (0.67, 0.89)))})
+
+
 def measure_step(task: str, size: str, mode: str, device_name: str, steps: int, warmup: int,
                  variant: str = "eager") -> dict:
     """Median training-step time, throughput and peak memory of one (task, size, mode), its frozen
     backbone in ``variant`` (see :data:`VARIANTS`)."""
     import torch
 
-    from frozenrep.training import Optimisation, TrainConfig, to_device
+    from frozenrep.training import Optimisation, to_device
 
     device = _device(device_name)
-    profile = _profile(size)
-    train_cfg = {k: v for k, v in profile[task]["train"].items() if k in TrainConfig.__dataclass_fields__}
-    cfg = TrainConfig(**{**train_cfg, "steps": steps + warmup, "warmup_steps": 0,
-                         "step_milestones": tuple(train_cfg.get("step_milestones", (0.67, 0.89)))})
+    cfg = train_config(task, size, steps + warmup)
     _before_build(variant)
     model, loss_fn, batch, items = _model_and_batch(task, size, mode, device)
     model.to(device).train()

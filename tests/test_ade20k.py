@@ -105,6 +105,35 @@ def test_perfect_prediction_scores_100():
     assert metrics["miou"] == pytest.approx(100.0) and metrics["pixel_acc"] == pytest.approx(100.0)
 
 
+def test_mask_targets_are_each_images_classes_read_back_once():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from frozenrep.heads.segmentation import mask_targets
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    labels = torch.randint(0, 6, (3, 16, 16), generator=torch.Generator().manual_seed(0))
+    labels[0, :4] = IGNORE_INDEX
+    labels[1] = 5                     # one class only
+    labels[2] = IGNORE_INDEX          # nothing to learn from
+    with Ops() as ops:
+        masks, classes = mask_targets(labels)
+    assert ops.names.count("aten::_unique2") == 1  # one read for the batch, not one per image
+    for label, mask, cls in zip(labels, masks, classes):
+        present = sorted(set(label.unique().tolist()) - {IGNORE_INDEX})
+        assert cls.tolist() == present and cls.dtype == torch.long
+        assert mask.shape == (len(present), 16, 16) and mask.dtype == torch.float
+        assert all(torch.equal(m.bool(), label == c) for m, c in zip(mask, present))
+    assert classes[1].tolist() == [5] and classes[2].numel() == 0
+
+
 @pytest.fixture
 def tiny_segmenter(tiny_entry):
     from frozenrep.backbones import build_backbone

@@ -42,6 +42,22 @@ def test_feature_cache_benchmark_hits_every_sample_on_the_warm_pass(tmp_path):
     assert result["disk_mb"] > 0
 
 
+def test_host_sync_count_finds_torchvisions_waits_and_none_of_frozenreps_samplers(tmp_path):
+    out = tmp_path / "syncs.json"
+    done = run("host_syncs.py", "--sizes", "default", "--tasks", "coco", "--modes", "frozen", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (step,) = json.loads(out.read_text())["steps"]
+    sites = step["waits_by_site"]
+    assert step["waits"] == sum(sites.values()) == sum(step["waits_by_part"].values()) > 0
+    assert step["operators"] == sum(step["operators_by_part"].values()) > step["waits"]
+    assert any("torchvision/ops/boxes.py" in s and s.endswith(": nms") for s in sites)  # the RPN's NMS
+    assert any(s.startswith("frozenrep/training.py") for s in sites)  # the finite-loss check
+    assert not any("frozenrep/heads/detection.py" in s for s in sites)  # the samplers' counts stay on the device
+    # AdamW's step counts are read on the host, a GPU run's too: reported, not counted as waits
+    assert any(s.startswith("torch/optim/") for s in step["host_only_reads"])
+    assert step["operators_by_part"]["backward"] > 0 and step["operators_by_part"]["optimizer"] > 0
+
+
 def test_data_loading_benchmark_times_decoding_apart_and_counts_the_workers_a_step_needs(tmp_path):
     import math
 

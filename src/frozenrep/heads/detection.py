@@ -106,10 +106,17 @@ class PerSampleSampler(BalancedPositiveNegativeSampler):
                     pos, neg = super().__call__([matched])
                 positives += pos
                 negatives += neg
-        # what the losses of this batch are averaged over: sampled positives, and all sampled
-        self.counts = (sum(int(p.sum()) for p in positives),
-                       sum(int(p.sum()) + int(n.sum()) for p, n in zip(positives, negatives)))
+        self._sampled = (positives, negatives)
         return positives, negatives
+
+    @property
+    def counts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the last batch's losses are averaged over, as 0-d tensors on the batch's device:
+        the sampled positives, and all sampled. Only data-parallel training asks (kept as tensors:
+        reading a count makes the host wait for the device, twice per image and sampler a step)."""
+        positives, negatives = self._sampled
+        pos = torch.stack([p.sum() for p in positives]).sum()
+        return pos, pos + torch.stack([n.sum() for n in negatives]).sum()
 
 
 def build_mask_rcnn(backbone: BackboneAdapter, num_classes: int, head: DetectionHeadConfig,
@@ -172,7 +179,7 @@ def detection_loss(model: MaskRCNN, batch: tuple[list[torch.Tensor], list[dict]]
         return losses
     inner = getattr(model, "module", model)  # under DistributedDataParallel
     counts = {name: getattr(inner, name).fg_bg_sampler.counts for name in ("rpn", "roi_heads")}
-    local = [float(counts[name][which]) for name, which in LOSS_NORMALISERS.values()]
-    scale = global_normaliser_scale(torch.tensor(local, device=next(iter(losses.values())).device))
+    local = torch.stack([counts[name][which] for name, which in LOSS_NORMALISERS.values()]).float()
+    scale = global_normaliser_scale(local)
     return {key: value * scale[list(LOSS_NORMALISERS).index(key)] if key in LOSS_NORMALISERS else value
             for key, value in losses.items()}

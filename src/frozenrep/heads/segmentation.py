@@ -141,6 +141,27 @@ class AdapterEncoder(nn.Module):
         return SimpleNamespace(feature_maps=tuple(self.adapter(pixel_values).values()))
 
 
+def mask_targets(labels: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Mask2Former's targets of label maps (B, H, W): per image, one binary mask per class present
+    (``IGNORE_INDEX`` left out) and those classes, ascending.
+
+    The classes of the whole batch are found in one ``unique`` over (image, class) keys and read
+    back once: on a GPU each read makes the host wait for the device.
+    """
+    stride = 1 << 32
+    keys = labels.flatten(1).long() + torch.arange(len(labels), device=labels.device)[:, None] * stride
+    per_image: list[list[int]] = [[] for _ in labels]
+    for key in torch.unique(keys).tolist():
+        if key % stride != IGNORE_INDEX:
+            per_image[key // stride].append(key % stride)
+    mask_labels, class_labels = [], []
+    for label, classes in zip(labels, per_image):
+        class_labels.append(torch.tensor(classes, dtype=torch.long, device=label.device))
+        mask_labels.append(torch.stack([(label == c) for c in classes]).float() if classes
+                           else label.new_zeros((0, *label.shape), dtype=torch.float))
+    return mask_labels, class_labels
+
+
 class Mask2FormerSegmenter(nn.Module):
     """Normalises images, runs Mask2Former, and turns its queries into per-pixel class scores."""
 
@@ -190,12 +211,7 @@ class Mask2FormerSegmenter(nn.Module):
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Mask2Former's Hungarian-matched losses for label maps (classes 0..K-1, 255 ignored)."""
-        mask_labels, class_labels = [], []
-        for label in labels:
-            classes = [c for c in torch.unique(label).tolist() if c != IGNORE_INDEX]
-            class_labels.append(torch.tensor(classes, dtype=torch.long, device=label.device))
-            mask_labels.append(torch.stack([(label == c) for c in classes]).float() if classes
-                               else label.new_zeros((0, *label.shape), dtype=torch.float))
+        mask_labels, class_labels = mask_targets(labels)
         out = self.model(pixel_values=self.normalise(images), mask_labels=mask_labels, class_labels=class_labels)
         return {"loss_mask2former": out.loss}
 
