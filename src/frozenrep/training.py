@@ -324,14 +324,17 @@ def global_normaliser_scale(local: torch.Tensor) -> torch.Tensor:
 
 
 def mean_over_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, float]:
-    """The step's losses averaged over the ranks (the global batch's loss); plain floats."""
+    """The step's losses averaged over the ranks (the global batch's loss); plain floats.
+
+    Read back in one copy: on a GPU each read of a value makes the host wait for the device.
+    """
+    stacked = torch.stack([v.detach().float().reshape(()) for v in values.values()])
     if world > 1:
         import torch.distributed as dist
 
-        stacked = torch.stack([v.float() for v in values.values()])
         dist.all_reduce(stacked)
-        return {k: float(v) / world for k, v in zip(values, stacked)}
-    return {k: float(v) for k, v in values.items()}
+        return {k: v / world for k, v in zip(values, stacked.tolist())}
+    return dict(zip(values, stacked.tolist()))
 
 
 def fingerprint_of(*parts: Any) -> str:
