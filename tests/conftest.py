@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,6 +124,19 @@ def tiny_coco(tmp_path_factory):
     coco.generate(root, num_train=12, num_val=6, image_size=64, num_categories=3, max_objects=3,
                   min_radius=6, max_radius=14, seed=0)
     return root
+
+
+class DispatchedOps(TorchDispatchMode):
+    """The aten operators dispatched inside ``with DispatchedOps() as ops:`` (``ops.names``):
+    a test sees whether code reads a value back to the host (``aten::_local_scalar_dense``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
 
 
 TINY_HEAD = dict(fpn_channels=16, anchor_sizes=((8,), (16,), (32,), (64,), (128,)), box_head_fc=32,

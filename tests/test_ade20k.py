@@ -106,24 +106,15 @@ def test_perfect_prediction_scores_100():
 
 
 def test_mask_targets_are_each_images_classes_read_back_once():
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from conftest import DispatchedOps
 
     from frozenrep.heads.segmentation import mask_targets
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(func._schema.name)
-            return func(*args, **(kwargs or {}))
 
     labels = torch.randint(0, 6, (3, 16, 16), generator=torch.Generator().manual_seed(0))
     labels[0, :4] = IGNORE_INDEX
     labels[1] = 5                     # one class only
     labels[2] = IGNORE_INDEX          # nothing to learn from
-    with Ops() as ops:
+    with DispatchedOps() as ops:
         masks, classes = mask_targets(labels)
     assert ops.names.count("aten::_unique2") == 1  # one read for the batch, not one per image
     for label, mask, cls in zip(labels, masks, classes):

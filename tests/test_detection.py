@@ -29,25 +29,16 @@ def test_training_forward_with_and_without_objects(tiny_detector):
 def test_sampler_counts_stay_on_the_device_until_asked():
     """The samplers record what the losses are averaged over without reading it back: each read is
     a host-device wait on a GPU, and only data-parallel training needs the counts."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from conftest import DispatchedOps
     from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 
     from frozenrep.heads.detection import PerSampleSampler
     from frozenrep.randomness import batch_seeds
 
-    class Reads(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(func._schema.name)
-            return func(*args, **(kwargs or {}))
-
     sampler = PerSampleSampler(BalancedPositiveNegativeSampler(8, 0.25), stream=1)
     matched = [torch.tensor([1, 1, 1, 0, 0, 0, 0, 0, 0, 0, -1, 2]), torch.tensor([0, 0, 0, 0, 3])]
     for seeds in (None, (11, 12)):
-        with batch_seeds(seeds) if seeds else torch.no_grad(), Reads() as reads:
+        with batch_seeds(seeds) if seeds else torch.no_grad(), DispatchedOps() as reads:
             positives, negatives = sampler(matched)
         assert "aten::_local_scalar_dense" not in reads.names
         pos, total = sampler.counts

@@ -97,25 +97,16 @@ def test_seeded_rng_draws_from_the_seed_and_restores_the_global_generator():
 def test_step_losses_are_read_back_in_one_copy(monkeypatch):
     """The training loop reads a step's losses for its progress bar: one copy for all of them (on
     a GPU each read is a host-device wait), the same floats as reading each."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from conftest import DispatchedOps
 
     from frozenrep.training import mean_over_ranks
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(func._schema.name)
-            return func(*args, **(kwargs or {}))
 
     values = {"loss": torch.tensor(1.2345678), "loss_mask": torch.tensor(0.25, dtype=torch.bfloat16),
               "loss_box": torch.tensor(3.0e-7, dtype=torch.float64)}
     reads = []
     tolist = torch.Tensor.tolist
     monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(self.shape) or tolist(self))
-    with Ops() as ops:
+    with DispatchedOps() as ops:
         losses = mean_over_ranks(values, world=1)
     assert "aten::_local_scalar_dense" not in ops.names and reads == [(3,)]
     assert losses == {k: float(v.float()) for k, v in values.items()}
