@@ -45,7 +45,7 @@ dry-run-paper: $(STAMP)
 # The MLflow UI over the project's tracking store, on 127.0.0.1 only (MLFLOW_PORT=... to move it).
 MLFLOW_PORT ?= 5000
 mlflow-ui: $(STAMP)
-	$(BIN)/python -m frozenrep.services mlflow-ui --port $(MLFLOW_PORT)
+	$(BIN)/frozenrep-mlflow-ui --port $(MLFLOW_PORT)
 
 clean:
 	rm -rf data checkpoints runs results logs mlruns.db mlartifacts .snakemake

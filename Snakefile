@@ -11,7 +11,8 @@ if not workflow.overwrite_configfiles:
     configfile: "params/default.yaml"
 
 
-validate(config, "params/schemas/config.schema.yaml", set_default=True)
+SCHEMA_FILE = "params/schemas/config.schema.yaml"
+validate(config, SCHEMA_FILE, set_default=True)
 
 
 # snakemake --report results/report.html: the table, the curves and the prediction pictures.
@@ -24,8 +25,8 @@ include: "rules/common.smk"
 wildcard_constraints:
     name=r"[A-Za-z0-9._-]+",
     backbone=r"[A-Za-z0-9._-]+",
-    task="|".join(DATASET_OF_TASK),
-    dataset="|".join(sorted(set(DATASET_OF_TASK.values()))),
+    task="|".join(TASK_NAMES),
+    dataset="|".join(TASK_NAMES),
     mode="frozen|finetune",
     seed=r"\d+",
     ext="pth|safetensors",

@@ -54,14 +54,12 @@ def profile_config(size: str) -> dict:
 
 
 def generate(task: str, size: str, root: Path, config: dict, limit: int) -> Path:
-    from frozenrep.config import DATASET_OF_TASK
-    from frozenrep.data import dataset_module
+    from frozenrep.tasks import declaration
 
-    dataset = DATASET_OF_TASK[task]
-    settings = dict(PAPER_DATA[task]) if size == "paper" else dict(config["datasets"][dataset]["generate"])
+    settings = dict(PAPER_DATA[task]) if size == "paper" else dict(config["datasets"][task]["generate"])
     settings["num_train"], settings["num_val"] = min(settings["num_train"], limit), min(settings["num_val"], 2)
-    out = root / f"{size}-{dataset}"
-    dataset_module(dataset).generate(out, **settings)
+    out = root / f"{size}-{task}"
+    declaration(task).module("synthetic").generate(out, **settings)
     return out
 
 
@@ -138,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from frozenrep.tasks import get_task
-    from frozenrep.training import set_threads
+    from frozenrep.runtime import set_threads
 
     set_threads(1)  # one thread per worker, as the loader workers of a training job get
     rates = step_rates(args.step_rates)

@@ -90,7 +90,7 @@ def _model_and_batch(task: str, size: str, mode: str, device):
     """The task's model as the training job builds it, and one random batch of its shape."""
     import torch
 
-    from frozenrep.tasks import dataclass_from
+    from frozenrep.config import config_from
 
     spec, profile = SIZES[size][task], _profile(size)
     torch.manual_seed(0)  # the same initial weights in both modes: the heads' work depends on them
@@ -98,9 +98,9 @@ def _model_and_batch(task: str, size: str, mode: str, device):
     gen = torch.Generator().manual_seed(0)
     b, s, k = spec["batch"], spec["image"], spec["classes"]
     if task == "coco":
-        from frozenrep.heads.detection import DetectionHeadConfig, build_mask_rcnn, detection_loss
+        from frozenrep.heads.coco import DetectionHeadConfig, build_mask_rcnn, detection_loss
 
-        head = dataclass_from(DetectionHeadConfig, {**profile["coco"]["head"], "min_size": s, "max_size": s},
+        head = config_from(DetectionHeadConfig, {**profile["coco"]["head"], "min_size": s, "max_size": s},
                               "coco.head")
         model = build_mask_rcnn(backbone, k, head, entry.input_mean, entry.input_std)
         images, targets = [], []
@@ -116,17 +116,17 @@ def _model_and_batch(task: str, size: str, mode: str, device):
             targets.append({"boxes": boxes, "labels": torch.randint(1, k, (n,), generator=gen), "masks": masks})
         return model, detection_loss, (images, targets), b
     if task == "ade20k":
-        from frozenrep.heads.segmentation import Mask2FormerSegmenter, SegmentationHeadConfig, segmentation_loss
+        from frozenrep.heads.ade20k import Mask2FormerSegmenter, SegmentationHeadConfig, segmentation_loss
 
-        head = dataclass_from(SegmentationHeadConfig, profile["ade20k"]["head"], "ade20k.head")
+        head = config_from(SegmentationHeadConfig, profile["ade20k"]["head"], "ade20k.head")
         model = Mask2FormerSegmenter(backbone, k, head, entry.input_mean, entry.input_std)
         cells = torch.randint(0, k, (b, 4, 4), generator=gen)  # 16 regions per image, a few classes each
         labels = torch.nn.functional.interpolate(cells[:, None].float(), size=(s, s), mode="nearest")[:, 0].long()
         return model, segmentation_loss, (torch.rand(b, 3, s, s, generator=gen), labels), b
     if task == "k400":
-        from frozenrep.heads.video import VideoClassifier, VideoHeadConfig, video_loss
+        from frozenrep.heads.k400 import VideoClassifier, VideoHeadConfig, video_loss
 
-        head = dataclass_from(VideoHeadConfig, profile["k400"]["head"], "k400.head")
+        head = config_from(VideoHeadConfig, profile["k400"]["head"], "k400.head")
         model = VideoClassifier(backbone, k, head, entry.input_mean, entry.input_std)
         clips = torch.rand(b, 3, spec["frames"], s, s, generator=gen)
         return model, video_loss, (clips, torch.randint(0, k, (b,), generator=gen)), b
@@ -180,11 +180,11 @@ def _after_build(model, variant: str) -> dict:
 
 def train_config(task: str, size: str, steps: int):
     """The profile's training settings for ``task``, for ``steps`` steps without learning-rate warm-up."""
+    from frozenrep.config import config_from
     from frozenrep.training import TrainConfig
 
-    train_cfg = {k: v for k, v in _profile(size)[task]["train"].items() if k in TrainConfig.__dataclass_fields__}
-    return TrainConfig(**{**train_cfg, "steps": steps, "warmup_steps": 0,
-                          "step_milestones": tuple(train_cfg.get("step_milestones", (0.67, 0.89)))})
+    train_cfg = {**_profile(size)[task]["train"], "steps": steps, "warmup_steps": 0}
+    return config_from(TrainConfig, train_cfg, f"{task}.train")
 
 
 def measure_step(task: str, size: str, mode: str, device_name: str, steps: int, warmup: int,

@@ -34,11 +34,11 @@ def build(size: str, device):
 
     from frozenrep.checkpoints import create_model, load_registry
     from frozenrep.backbones import features_from_model
-    from frozenrep.heads.detection import DetectionHeadConfig, build_mask_rcnn
-    from frozenrep.heads.segmentation import Mask2FormerSegmenter, SegmentationHeadConfig
-    from frozenrep.heads.video import VideoClassifier, VideoHeadConfig
+    from frozenrep.heads.coco import DetectionHeadConfig, build_mask_rcnn
+    from frozenrep.heads.ade20k import Mask2FormerSegmenter, SegmentationHeadConfig
+    from frozenrep.heads.k400 import VideoClassifier, VideoHeadConfig
     from frozenrep.multitask import SharedBackbone, adapter_of
-    from frozenrep.tasks import dataclass_from
+    from frozenrep.config import config_from
 
     spec, profile = SIZES[size], _profile(size)
     entry = load_registry(Path(__file__).resolve().parents[1] / "params" / "checkpoints.yaml")[spec["backbone"]]
@@ -46,15 +46,15 @@ def build(size: str, device):
     body = features_from_model(create_model(entry))  # random weights: the cost does not depend on them
     frames, image = spec["k400"]["frames"], spec["k400"]["image"]
     mean, std = entry.input_mean, entry.input_std
-    coco = dataclass_from(DetectionHeadConfig, {**profile["coco"]["head"], "min_size": image, "max_size": image},
+    coco = config_from(DetectionHeadConfig, {**profile["coco"]["head"], "min_size": image, "max_size": image},
                           "coco.head")
     heads = {
         "coco": build_mask_rcnn(adapter_of(body), spec["coco"]["classes"], coco, mean, std),
         "ade20k": Mask2FormerSegmenter(adapter_of(body), spec["ade20k"]["classes"],
-                                       dataclass_from(SegmentationHeadConfig, profile["ade20k"]["head"], "ade20k.head"),
+                                       config_from(SegmentationHeadConfig, profile["ade20k"]["head"], "ade20k.head"),
                                        mean, std),
         "k400": VideoClassifier(adapter_of(body), spec["k400"]["classes"],
-                                dataclass_from(VideoHeadConfig, profile["k400"]["head"], "k400.head"), mean, std),
+                                config_from(VideoHeadConfig, profile["k400"]["head"], "k400.head"), mean, std),
     }
     model = SharedBackbone(body, heads, entry).to(device)
     clip = torch.rand(frames, 3, image, image, generator=torch.Generator().manual_seed(0)).to(device)

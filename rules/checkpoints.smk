@@ -15,7 +15,7 @@ rule create_local_backbone:
         sha="checkpoints/local/{name}.safetensors.sha256",
     params:
         entry=creatable_entry_json,
-        tracking=json.dumps(config["tracking"], sort_keys=True),
+        tracking=TRACKING,
         study=config["study"],
     log:
         "logs/checkpoints/create_{name}.log",

@@ -4,19 +4,20 @@ import shlex
 import sys
 from pathlib import Path
 
-import yaml
-
+from frozenrep import paths
 from frozenrep.checkpoints import load_registry
-from frozenrep.config import DATASET_OF_TASK, check_config, is_profile_head, prefer_interpreter
+from frozenrep.config import check_config, is_profile_head, prefer_interpreter, profile_schema
+from frozenrep.tasks import TASK_NAMES
 from frozenrep.config import job_spec as make_job_spec  # the rule's name for it is job_spec
 
 # Jobs' `python` is the interpreter running Snakemake (the project's virtual environment), even
 # when snakemake was started as .venv/bin/snakemake without activating the environment.
 prefer_interpreter(sys.executable)
 REGISTRY = load_registry(config["registry"])
-SCHEMA = yaml.safe_load(Path(workflow.source_path("../params/schemas/config.schema.yaml")).read_text())
+SCHEMA = profile_schema(Path(workflow.basedir) / SCHEMA_FILE)
 check_config(config, REGISTRY, SCHEMA)  # the schema checks each table-2 rung's head
 SEEDS = list(range(config["seeds"]))
+TRACKING = json.dumps(config["tracking"], sort_keys=True)  # what --tracking gets
 
 
 def init_tracking():
@@ -69,7 +70,7 @@ def creatable_entry_json(wildcards):
 
 
 def dataset_manifest(task):
-    return f"data/{DATASET_OF_TASK[task]}.manifest.json"
+    return paths.manifest_path(task)
 
 
 def dataset_config_json(wildcards):
@@ -91,14 +92,14 @@ def job_spec(wildcards):
     table = "table3" if only_table3 else "table1"
     spec = make_job_spec(config, REGISTRY, wildcards.task, wildcards.backbone, wildcards.mode, wildcards.seed,
                          table=table)
-    return json.dumps(spec, sort_keys=True)
+    return spec.to_json()
 
 
 def rung_job_spec(wildcards):
     """The job spec of a table-2 rung: the profile's task settings with the rung's head."""
     spec = make_job_spec(config, REGISTRY, wildcards.task, wildcards.backbone, wildcards.mode, wildcards.seed,
                          rung=wildcards.rung, table="table2")
-    return json.dumps(spec, sort_keys=True)
+    return spec.to_json()
 
 
 def feature_cache_option(wildcards):
@@ -136,7 +137,7 @@ def task_threads(wildcards):
 
 
 def metrics_path(task, backbone, mode, seed):
-    return f"results/metrics/{task}/{backbone}/{mode}/seed{seed}.json"
+    return paths.job_path(paths.METRICS, task, backbone, mode, seed)
 
 
 def table_title(table="table1"):
@@ -147,7 +148,7 @@ def table_title(table="table1"):
             + (", mean ± std" if seeds > 1 else ""))
 
 
-def get_table_inputs():
+def get_table1_inputs(wildcards):
     """Every metric file of the study: task x backbone x mode x seed."""
     return [
         metrics_path(task, backbone, mode, seed)
@@ -156,6 +157,21 @@ def get_table_inputs():
         for mode in config["modes"]
         for seed in SEEDS
     ]
+
+
+def table_options(table):
+    """Input function for make_table.py's options of ``table``: its title, and table 2's rung
+    labels or table 3's published rows (as JSON)."""
+
+    def get(wildcards):
+        options = ["--title", table_title(table)]
+        if table == "table2":
+            options += ["--rungs", json.dumps(table2_rung_labels(), sort_keys=True)]
+        if table == "table3":
+            options += ["--published", json.dumps(config.get("table3", {}).get("published", []), sort_keys=True)]
+        return " ".join(shlex.quote(option) for option in options)
+
+    return get
 
 
 def missing_table(table):
@@ -167,7 +183,7 @@ def rung_metrics_path(task, rung, backbone, mode, seed):
     """A table-2 rung's metric file; a rung with the profile's own head is table 1's job."""
     if is_profile_head(config, task, rung):
         return metrics_path(task, backbone, mode, seed)
-    return f"results/metrics/heads/{task}/{rung}/{backbone}/{mode}/seed{seed}.json"
+    return paths.job_path(paths.METRICS, task, backbone, mode, seed, rung)
 
 
 def table2_rung_labels():

@@ -4,7 +4,7 @@
 
 rule prepare_dataset:
     output:
-        manifest="data/{dataset}.manifest.json",
+        manifest=paths.MANIFEST,
     params:
         settings=dataset_config_json,
     log:

@@ -5,10 +5,10 @@ rule train_head:
     input:
         unpack(head_inputs),
     output:
-        head="runs/{task}/{backbone}/{mode}/seed{seed}/head.safetensors",
-        curve="results/curves/{task}/{backbone}/{mode}/seed{seed}.csv",
+        head=paths.pattern(paths.HEAD),
+        curve=paths.pattern(paths.CURVE),
         plot=report(
-            "results/plots/{task}/{backbone}/{mode}/seed{seed}.png",
+            paths.pattern(paths.PLOT),
             caption="report/curve.rst",
             category="Training curves",
             subcategory="{task}",
@@ -18,9 +18,9 @@ rule train_head:
         spec=job_spec,
         launcher=job_launcher,
     log:
-        "logs/train/{task}/{backbone}/{mode}/seed{seed}.log",
+        paths.pattern(paths.TRAIN_LOG),
     benchmark:
-        "logs/benchmark/train/{task}/{backbone}/{mode}/seed{seed}.tsv"
+        paths.pattern(paths.TRAIN_BENCHMARK)
     threads: task_threads
     resources:
         gpu=task_resource("gpus"),
@@ -37,11 +37,11 @@ rule train_head:
 rule evaluate_head:
     input:
         unpack(head_inputs),
-        head="runs/{task}/{backbone}/{mode}/seed{seed}/head.safetensors",
+        head=paths.pattern(paths.HEAD),
     output:
-        metrics="results/metrics/{task}/{backbone}/{mode}/seed{seed}.json",
+        metrics=paths.pattern(paths.METRICS),
         pictures=report(
-            directory("results/predictions/{task}/{backbone}/{mode}/seed{seed}"),
+            directory(paths.pattern(paths.PREDICTIONS)),
             patterns=["{sample}.png"],
             caption="report/predictions.rst",
             category="Predictions",
@@ -54,9 +54,9 @@ rule evaluate_head:
         pictures=config["pictures"],
         launcher=job_launcher,
     log:
-        "logs/evaluate/{task}/{backbone}/{mode}/seed{seed}.log",
+        paths.pattern(paths.EVALUATE_LOG),
     benchmark:
-        "logs/benchmark/evaluate/{task}/{backbone}/{mode}/seed{seed}.tsv"
+        paths.pattern(paths.EVALUATE_BENCHMARK)
     threads: task_threads
     resources:
         gpu=task_resource("gpus"),
@@ -71,14 +71,14 @@ rule evaluate_head:
 
 
 # Table 2's head-capacity rungs: the same jobs with a rung's head (params: table2.rungs), under
-# runs/heads/ and results/metrics/heads/. A rung whose head is the profile's own reuses table 1's
+# runs/heads/ and results/metrics/heads/ (frozenrep.paths). A rung whose head is the profile's own reuses table 1's
 # jobs instead (rules/common.smk: rung_metrics_path).
 use rule train_head as train_head_rung with:
     output:
-        head="runs/heads/{task}/{rung}/{backbone}/{mode}/seed{seed}/head.safetensors",
-        curve="results/curves/heads/{task}/{rung}/{backbone}/{mode}/seed{seed}.csv",
+        head=paths.pattern(paths.HEAD, rung=True),
+        curve=paths.pattern(paths.CURVE, rung=True),
         plot=report(
-            "results/plots/heads/{task}/{rung}/{backbone}/{mode}/seed{seed}.png",
+            paths.pattern(paths.PLOT, rung=True),
             caption="report/curve.rst",
             category="Training curves",
             subcategory="{task} heads",
@@ -88,19 +88,19 @@ use rule train_head as train_head_rung with:
         spec=rung_job_spec,
         launcher=job_launcher,
     log:
-        "logs/train/heads/{task}/{rung}/{backbone}/{mode}/seed{seed}.log",
+        paths.pattern(paths.TRAIN_LOG, rung=True),
     benchmark:
-        "logs/benchmark/train/heads/{task}/{rung}/{backbone}/{mode}/seed{seed}.tsv"
+        paths.pattern(paths.TRAIN_BENCHMARK, rung=True)
 
 
 use rule evaluate_head as evaluate_head_rung with:
     input:
         unpack(head_inputs),
-        head="runs/heads/{task}/{rung}/{backbone}/{mode}/seed{seed}/head.safetensors",
+        head=paths.pattern(paths.HEAD, rung=True),
     output:
-        metrics="results/metrics/heads/{task}/{rung}/{backbone}/{mode}/seed{seed}.json",
+        metrics=paths.pattern(paths.METRICS, rung=True),
         pictures=report(
-            directory("results/predictions/heads/{task}/{rung}/{backbone}/{mode}/seed{seed}"),
+            directory(paths.pattern(paths.PREDICTIONS, rung=True)),
             patterns=["{sample}.png"],
             caption="report/predictions.rst",
             category="Predictions",
@@ -113,6 +113,6 @@ use rule evaluate_head as evaluate_head_rung with:
         pictures=config["pictures"],
         launcher=job_launcher,
     log:
-        "logs/evaluate/heads/{task}/{rung}/{backbone}/{mode}/seed{seed}.log",
+        paths.pattern(paths.EVALUATE_LOG, rung=True),
     benchmark:
-        "logs/benchmark/evaluate/heads/{task}/{rung}/{backbone}/{mode}/seed{seed}.tsv"
+        paths.pattern(paths.EVALUATE_BENCHMARK, rung=True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from frozenrep.config import config_from
 from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +119,7 @@ def job_root(tmp_path_factory, tiny_entry):
 @pytest.fixture(scope="session")
 def tiny_coco(tmp_path_factory):
     """A small generated COCO dataset (64-px images), shared by the tests that only read it."""
-    from frozenrep.data import coco
+    from frozenrep.synthetic import coco
 
     root = tmp_path_factory.mktemp("data") / "coco"
     coco.generate(root, num_train=12, num_val=6, image_size=64, num_categories=3, max_objects=3,
@@ -151,12 +152,12 @@ def tiny_detector(tiny_entry):
     import torch
 
     from frozenrep.backbones import build_backbone
-    from frozenrep.heads.detection import DetectionHeadConfig, build_mask_rcnn
+    from frozenrep.heads.coco import DetectionHeadConfig, build_mask_rcnn
 
     def make(mode: str = "frozen", num_classes: int = 4, seed: int = 0):
         torch.manual_seed(seed)
         backbone = build_backbone(tiny_entry, None, mode=mode)
-        return build_mask_rcnn(backbone, num_classes, DetectionHeadConfig(**TINY_HEAD),
+        return build_mask_rcnn(backbone, num_classes, config_from(DetectionHeadConfig, TINY_HEAD, "coco.head"),
                                tiny_entry.input_mean, tiny_entry.input_std)
 
     return make

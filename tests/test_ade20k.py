@@ -8,13 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
+from frozenrep.config import config_from
 from frozenrep.data import ade20k
+from frozenrep.synthetic import ade20k as synthetic_ade20k
 from frozenrep.data.ade20k import ADE20KSegmentation, IGNORE_INDEX, mask_path
-from frozenrep.evaluation.segmentation import confusion_matrix, metrics_from_confusion
+from frozenrep.evaluation.ade20k import confusion_matrix, metrics_from_confusion
 
 
 def gen(root, seed=0, num_classes=4):
-    ade20k.generate(root, num_train=6, num_val=4, image_size=64, num_classes=num_classes, max_regions=3, seed=seed)
+    synthetic_ade20k.generate(root, num_train=6, num_val=4, image_size=64, num_classes=num_classes, max_regions=3, seed=seed)
     return root
 
 
@@ -108,7 +110,7 @@ def test_perfect_prediction_scores_100():
 def test_mask_targets_are_each_images_classes_read_back_once():
     from conftest import DispatchedOps
 
-    from frozenrep.heads.segmentation import mask_targets
+    from frozenrep.heads.ade20k import mask_targets
 
     labels = torch.randint(0, 6, (3, 16, 16), generator=torch.Generator().manual_seed(0))
     labels[0, :4] = IGNORE_INDEX
@@ -128,12 +130,12 @@ def test_mask_targets_are_each_images_classes_read_back_once():
 @pytest.fixture
 def tiny_segmenter(tiny_entry):
     from frozenrep.backbones import build_backbone
-    from frozenrep.heads.segmentation import Mask2FormerSegmenter, SegmentationHeadConfig
+    from frozenrep.heads.ade20k import Mask2FormerSegmenter, SegmentationHeadConfig
 
     def make(mode="frozen", num_classes=4, **head):
         torch.manual_seed(0)
-        cfg = SegmentationHeadConfig(**{**dict(hidden_dim=32, num_queries=8, num_heads=4, feedforward_dim=64,
-                                               train_num_points=256), **head})
+        cfg = config_from(SegmentationHeadConfig, {**dict(hidden_dim=32, num_queries=8, num_heads=4, feedforward_dim=64,
+                                               train_num_points=256), **head}, "ade20k.head")
         return Mask2FormerSegmenter(build_backbone(tiny_entry, None, mode=mode), num_classes, cfg,
                                     tiny_entry.input_mean, tiny_entry.input_std)
 
@@ -154,14 +156,14 @@ def test_mask2former_uses_the_paper_depths_and_the_adapter(tiny_segmenter):
 
 def test_frozen_guarantee_for_the_segmentation_head(tiny_segmenter, tiny_ade, tmp_path):
     from frozenrep.data.ade20k import collate
-    from frozenrep.heads.segmentation import segmentation_loss
+    from frozenrep.heads.ade20k import segmentation_loss
     from frozenrep.training import TrainConfig, train
 
     model = tiny_segmenter("frozen")
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     head_before = {k: v.clone() for k, v in model.model.model.transformer_module.state_dict().items()}
     ds = ADE20KSegmentation(tiny_ade, "train", train=True, crop_size=64, scale=(64, 128))
-    train(model, ds, collate, segmentation_loss, TrainConfig(steps=2, batch_size=2, lr=1e-2), tmp_path,
+    train(model, ds, collate, segmentation_loss, config_from(TrainConfig, dict(steps=2, batch_size=2, lr=1e-2), "$defs.train"), tmp_path,
           seed=0, fingerprint="s")
     after = model.backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -171,7 +173,7 @@ def test_frozen_guarantee_for_the_segmentation_head(tiny_segmenter, tiny_ade, tm
 
 @pytest.mark.parametrize("mode", ["whole", "slide"])
 def test_prediction_is_at_the_original_size(tiny_segmenter, mode):
-    from frozenrep.heads.segmentation import predict
+    from frozenrep.heads.ade20k import predict
 
     model = tiny_segmenter().eval()
     pred = predict(model, torch.rand(3, 50, 90), short_side=64, crop_size=48, mode=mode)

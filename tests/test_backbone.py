@@ -3,9 +3,10 @@
 import timm
 import torch
 
+from frozenrep.config import config_from
 from frozenrep.backbones import BackboneAdapter, build_backbone, trainable_state_dict
 from frozenrep.data.coco import collate
-from frozenrep.heads.detection import detection_loss
+from frozenrep.heads.coco import detection_loss
 from frozenrep.training import TrainConfig, train
 
 
@@ -41,7 +42,7 @@ def test_frozen_backbone_is_bit_identical_after_training(tiny_detector, tiny_coc
     before = snapshot(backbone)
     assert all(not p.requires_grad for p in backbone.parameters())
     train_set = CocoDetection(tiny_coco, "train", train=True)
-    cfg = TrainConfig(steps=3, batch_size=2, lr=1e-2, warmup_steps=0, checkpoint_every=3)
+    cfg = config_from(TrainConfig, dict(steps=3, batch_size=2, lr=1e-2, warmup_steps=0, checkpoint_every=3), "$defs.train")
     optimizers = []
     original = torch.optim.AdamW.__init__
 
@@ -73,7 +74,7 @@ def test_finetune_mode_trains_the_backbone(tiny_detector, tiny_coco, tmp_path):
 
     model = tiny_detector("finetune")
     before = snapshot(model.backbone.body)
-    cfg = TrainConfig(steps=2, batch_size=2, lr=1e-2, checkpoint_every=10)
+    cfg = config_from(TrainConfig, dict(steps=2, batch_size=2, lr=1e-2, checkpoint_every=10), "$defs.train")
     train(model, CocoDetection(tiny_coco, "train", train=True), collate, detection_loss, cfg, tmp_path / "r",
           seed=0, fingerprint="t")
     after = snapshot(model.backbone.body)

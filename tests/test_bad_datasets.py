@@ -9,23 +9,24 @@ import pytest
 import torch
 from PIL import Image
 
-from frozenrep.data import ade20k, coco, kinetics
+from frozenrep.data import ade20k, coco, k400
+from frozenrep.synthetic import ade20k as synthetic_ade20k, k400 as synthetic_k400
 from frozenrep.data.ade20k import ADE20KSegmentation, mask_path
 from frozenrep.data.coco import CocoDetection, DatasetError
-from frozenrep.data.kinetics import KineticsIndex, annotation_csv, class_names, read_csv, video_path
+from frozenrep.data.k400 import KineticsIndex, annotation_csv, class_names, read_csv, video_path
 
 
 @pytest.fixture(scope="module")
 def tiny_ade(tmp_path_factory):
     root = tmp_path_factory.mktemp("ade") / "ade20k"
-    ade20k.generate(root, num_train=6, num_val=4, image_size=64, num_classes=4, max_regions=3, seed=0)
+    synthetic_ade20k.generate(root, num_train=6, num_val=4, image_size=64, num_classes=4, max_regions=3, seed=0)
     return root
 
 
 @pytest.fixture(scope="module")
 def tiny_k400(tmp_path_factory):
     root = tmp_path_factory.mktemp("k400") / "k400"
-    kinetics.generate(root, num_train=8, num_val=4, num_classes=4, image_size=32, num_frames=16, fps=16, seed=0)
+    synthetic_k400.generate(root, num_train=8, num_val=4, num_classes=4, image_size=32, num_frames=16, fps=16, seed=0)
     return root
 
 
@@ -124,20 +125,20 @@ def test_ade20k_bad_masks_are_named_or_skipped_and_counted(tmp_path, tiny_ade, h
 
 def test_kinetics_layout_errors_name_the_file(tmp_path, tiny_k400):
     with pytest.raises(DatasetError, match="does not exist. Set datasets.k400.root"):
-        kinetics.verify_layout(tmp_path / "nowhere")
+        k400.verify_layout(tmp_path / "nowhere")
     root = tmp_path / "k400"
     shutil.copytree(tiny_k400, root)
     csv_path = annotation_csv(root, "val")
     csv_path.write_text("name,youtube_id\nx,y\n")
     with pytest.raises(DatasetError, match=r"val.csv lacks the column\(s\) \['label', 'time_end', 'time_start'\]"):
-        kinetics.verify_layout(root)
+        k400.verify_layout(root)
     csv_path.unlink()
     with pytest.raises(DatasetError, match="val.csv is missing"):
-        kinetics.verify_layout(root)
+        k400.verify_layout(root)
     shutil.copy(annotation_csv(tiny_k400, "val"), csv_path)
     shutil.rmtree(root / "videos" / "train")
     with pytest.raises(DatasetError, match="videos/train is missing"):
-        kinetics.verify_layout(root)
+        k400.verify_layout(root)
 
 
 def corrupt_kinetics(root):
@@ -148,7 +149,7 @@ def corrupt_kinetics(root):
     missing = video_path(root, "val", rows[1])
     missing.unlink()
     short = video_path(root, "val", rows[2])
-    kinetics.write_video(short, [torch.zeros(32, 32, 3, dtype=torch.uint8).numpy()] * 2, fps=16)
+    synthetic_k400.write_video(short, [torch.zeros(32, 32, 3, dtype=torch.uint8).numpy()] * 2, fps=16)
     (root / "videos" / "val" / "juggling").mkdir()
     with open(annotation_csv(root, "val"), "a") as handle:
         handle.write("juggling,abc,0,1,val,0\n")

@@ -52,7 +52,7 @@ def test_host_sync_count_finds_torchvisions_waits_and_none_of_frozenreps_sampler
     assert step["operators"] == sum(step["operators_by_part"].values()) > step["waits"]
     assert any("torchvision/ops/boxes.py" in s and s.endswith(": nms") for s in sites)  # the RPN's NMS
     assert any(s.startswith("frozenrep/training.py") for s in sites)  # the finite-loss check
-    assert not any("frozenrep/heads/detection.py" in s for s in sites)  # the samplers' counts stay on the device
+    assert not any("frozenrep/heads/coco.py" in s for s in sites)  # the samplers' counts stay on the device
     # AdamW's step counts are read on the host, a GPU run's too: reported, not counted as waits
     assert any(s.startswith("torch/optim/") for s in step["host_only_reads"])
     assert step["operators_by_part"]["backward"] > 0 and step["operators_by_part"]["optimizer"] > 0

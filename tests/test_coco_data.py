@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from frozenrep.data import coco
+from frozenrep.synthetic import coco as synthetic_coco
 from frozenrep.data.coco import CocoDetection
 
 
@@ -19,7 +20,7 @@ def tree_digest(root):
 
 
 def gen(root, seed=0):
-    coco.generate(root, num_train=6, num_val=3, image_size=64, num_categories=3, max_objects=3,
+    synthetic_coco.generate(root, num_train=6, num_val=3, image_size=64, num_categories=3, max_objects=3,
                   min_radius=6, max_radius=14, seed=seed)
 
 

@@ -6,9 +6,10 @@ import shutil
 import pytest
 import torch
 
+from frozenrep.config import config_from
 from frozenrep.data.coco import CocoDetection
 from frozenrep.evaluation.coco import coco_ap, evaluate_detection, predictions_to_coco
-from frozenrep.heads.detection import DetectionHeadConfig, build_mask_rcnn
+from frozenrep.heads.coco import DetectionHeadConfig, build_mask_rcnn
 
 
 def test_training_forward_with_and_without_objects(tiny_detector):
@@ -32,7 +33,7 @@ def test_sampler_counts_stay_on_the_device_until_asked():
     from conftest import DispatchedOps
     from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 
-    from frozenrep.heads.detection import PerSampleSampler
+    from frozenrep.heads.coco import PerSampleSampler
     from frozenrep.randomness import batch_seeds
 
     sampler = PerSampleSampler(BalancedPositiveNegativeSampler(8, 0.25), stream=1)
@@ -58,7 +59,7 @@ def test_inference_returns_masks_at_image_size(tiny_detector):
 def test_anchor_levels_must_match_the_backbone(tiny_entry):
     from frozenrep.backbones import build_backbone
 
-    head = DetectionHeadConfig(fpn_channels=16, anchor_sizes=((8,), (16,)))
+    head = config_from(DetectionHeadConfig, dict(fpn_channels=16, anchor_sizes=((8,), (16,))), "coco.head")
     with pytest.raises(ValueError, match="anchor_sizes has 2 levels, but the FPN on this backbone has 5"):
         build_mask_rcnn(build_backbone(tiny_entry, None), 4, head, tiny_entry.input_mean, tiny_entry.input_std)
 
@@ -70,7 +71,7 @@ def test_roi_sampling_ratio_reaches_both_roi_poolers(tiny_entry):
 
     for ratio in (1, 2):
         model = build_mask_rcnn(build_backbone(tiny_entry, None), 4,
-                                DetectionHeadConfig(**{**TINY_HEAD, "roi_sampling_ratio": ratio}),
+                                config_from(DetectionHeadConfig, {**TINY_HEAD, "roi_sampling_ratio": ratio}, "coco.head"),
                                 tiny_entry.input_mean, tiny_entry.input_std)
         assert model.roi_heads.box_roi_pool.sampling_ratio == model.roi_heads.mask_roi_pool.sampling_ratio == ratio
 
@@ -83,7 +84,7 @@ def test_fpn_repeats_stack_pyramids_and_add_the_pool_level_once(tiny_entry):
     def neck(repeats):
         torch.manual_seed(0)
         model = build_mask_rcnn(build_backbone(tiny_entry, None), 4,
-                                DetectionHeadConfig(**{**TINY_HEAD, "fpn_repeats": repeats}),
+                                config_from(DetectionHeadConfig, {**TINY_HEAD, "fpn_repeats": repeats}, "coco.head"),
                                 tiny_entry.input_mean, tiny_entry.input_std)
         return model.backbone
 

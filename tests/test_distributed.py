@@ -17,7 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from frozenrep.config import DATASET_OF_TASK
+from frozenrep.tasks import TASK_NAMES
 from workspace import REPO, job_spec
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -26,7 +26,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 def job(root, entry, task, batch_size, name):
     spec = job_spec(root, entry, task, "ddp", steps=6, batch_size=batch_size, checkpoint_every=3, log_every=1)
     out = root / name / "head.safetensors"
-    manifest = root / f"{DATASET_OF_TASK[task]}.manifest.json"
+    manifest = root / f"{task}.manifest.json"
     return ["workflow_scripts/train.py", "--spec", json.dumps(spec), "--checkpoint", str(root / "tiny.safetensors"),
             "--manifest", str(manifest), "--out", str(out), "--curve", str(out.parent / "curve.csv")], out
 
@@ -37,7 +37,7 @@ def run(cmd):
     return done
 
 
-@pytest.mark.parametrize("task", list(DATASET_OF_TASK))
+@pytest.mark.parametrize("task", list(TASK_NAMES))
 def test_two_processes_train_what_one_process_with_the_whole_batch_trains(job_root, task):
     root, entry = job_root
     single_cmd, single = job(root, entry, task, 4, f"{task}-single")
@@ -120,7 +120,7 @@ def test_a_job_killed_under_torchrun_resumes_to_the_uninterrupted_weights(job_ro
     assert sorted({m.step for m in client.get_metric_history(run_id, "train/loss")}) == list(range(1, 13))
 
 
-@pytest.mark.parametrize("task", list(DATASET_OF_TASK))
+@pytest.mark.parametrize("task", list(TASK_NAMES))
 def test_two_process_evaluation_gives_the_single_process_metric(job_root, task):
     """Each rank scores every other validation sample; the pooled predictions give exactly the metric."""
     root, entry = job_root
@@ -128,7 +128,7 @@ def test_two_process_evaluation_gives_the_single_process_metric(job_root, task):
     run([sys.executable, *train_cmd])
     spec = json.loads(train_cmd[train_cmd.index("--spec") + 1])
     evaluate = ["workflow_scripts/evaluate.py", "--spec", json.dumps(spec), "--checkpoint", str(root / "tiny.safetensors"),
-                "--manifest", str(root / f"{DATASET_OF_TASK[task]}.manifest.json"), "--head", str(head)]
+                "--manifest", str(root / f"{task}.manifest.json"), "--head", str(head)]
     single, pooled = head.parent / "single.json", head.parent / "pooled.json"
     run([sys.executable, *evaluate, "--out", str(single)])
     log = run([*TORCHRUN, *evaluate, "--out", str(pooled)]).stderr

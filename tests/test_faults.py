@@ -14,13 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from frozenrep.config import DATASET_OF_TASK
+from frozenrep.tasks import TASK_NAMES
 from workspace import REPO, job_spec, make_workspace, snakemake
 
 PYTHON = sys.executable
 
 
-@pytest.fixture(scope="module", params=list(DATASET_OF_TASK))
+@pytest.fixture(scope="module", params=list(TASK_NAMES))
 def job_inputs(request, job_root):
     """For one task: its CI-sized dataset with manifest beside the backbone, and a 16-step job spec."""
     root, entry = job_root
@@ -28,7 +28,7 @@ def job_inputs(request, job_root):
 
 
 def manifest(root, spec):
-    return str(root / f"{DATASET_OF_TASK[spec['task']]}.manifest.json")
+    return str(root / f"{spec['task']}.manifest.json")
 
 
 def train_cmd(root, spec, out):

@@ -3,11 +3,12 @@
 import pytest
 import torch
 
+from frozenrep.config import config_from
 from frozenrep.backbones import build_backbone
 from frozenrep.data.coco import CocoDetection, collate
 from frozenrep.evaluation.coco import evaluate_detection
 from frozenrep.feature_cache import FeatureCache, FingerprintWeights, fingerprints
-from frozenrep.heads.video import VideoClassifier, VideoHeadConfig
+from frozenrep.heads.k400 import VideoClassifier, VideoHeadConfig
 from frozenrep.jobs import attach_feature_cache
 
 
@@ -118,7 +119,7 @@ def test_a_fingerprint_sees_every_value_and_its_lowest_bit_but_not_the_memory_la
 @pytest.mark.parametrize("on_disk", [True, False])
 def test_a_video_head_caches_only_the_level_it_reads(tiny_entry, tmp_path, on_disk):
     torch.manual_seed(0)
-    head = VideoHeadConfig(num_frames=4, depth=1, width=16, num_heads=2)
+    head = config_from(VideoHeadConfig, dict(num_frames=4, depth=1, width=16, num_heads=2), "k400.head")
     model = VideoClassifier(build_backbone(tiny_entry, None, mode="frozen"), 3, head, tiny_entry.input_mean,
                             tiny_entry.input_std).eval()
     clips = torch.rand(2, 3, 4, 64, 64)

@@ -3,16 +3,18 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 from conftest import TINY_HEAD
+from frozenrep.config import config_from
 from frozenrep.backbones import build_backbone
-from frozenrep.heads.detection import DetectionHeadConfig, build_mask_rcnn
-from frozenrep.heads.segmentation import Mask2FormerSegmenter, SegmentationHeadConfig
-from frozenrep.heads.video import VideoClassifier, VideoHeadConfig
+from frozenrep.heads.coco import DetectionHeadConfig, build_mask_rcnn
+from frozenrep.heads.ade20k import Mask2FormerSegmenter, SegmentationHeadConfig
+from frozenrep.heads.k400 import VideoClassifier, VideoHeadConfig
 from frozenrep.multitask import MultiTaskError, SharedBackbone, adapter_of
 
 FRAMES = 4
@@ -25,11 +27,11 @@ def shared(tiny_entry):
     body = build_backbone(tiny_entry, None, mode="frozen").body
     mean, std = tiny_entry.input_mean, tiny_entry.input_std
     heads = {
-        "coco": build_mask_rcnn(adapter_of(body), 4, DetectionHeadConfig(**TINY_HEAD), mean, std),
-        "ade20k": Mask2FormerSegmenter(adapter_of(body), 5, SegmentationHeadConfig(
-            hidden_dim=32, num_queries=8, num_heads=4, feedforward_dim=64), mean, std),
-        "k400": VideoClassifier(adapter_of(body), 3, VideoHeadConfig(
-            num_frames=FRAMES, depth=1, width=16, num_heads=2, level=1, spatial_pool=2), mean, std),
+        "coco": build_mask_rcnn(adapter_of(body), 4, config_from(DetectionHeadConfig, TINY_HEAD, "coco.head"), mean, std),
+        "ade20k": Mask2FormerSegmenter(adapter_of(body), 5, config_from(SegmentationHeadConfig, dict(
+            hidden_dim=32, num_queries=8, num_heads=4, feedforward_dim=64), "ade20k.head"), mean, std),
+        "k400": VideoClassifier(adapter_of(body), 3, config_from(VideoHeadConfig, dict(
+            num_frames=FRAMES, depth=1, width=16, num_heads=2, level=1, spatial_pool=2), "k400.head"), mean, std),
     }
     for head in heads.values():
         head.eval()
@@ -54,15 +56,15 @@ def test_one_backbone_pass_gives_each_heads_own_predictions(shared):
     hook.remove()
     assert len(calls) == 4
 
-    assert len(prediction.detections) == FRAMES
+    assert len(prediction["coco"]) == FRAMES
     assert sum(len(d["boxes"]) for d in detections) > 0  # random heads still propose boxes to compare
-    for shared_frame, own in zip(prediction.detections, detections):
+    for shared_frame, own in zip(prediction["coco"], detections):
         assert shared_frame.keys() == own.keys()
         for key in own:
             torch.testing.assert_close(shared_frame[key], own[key], rtol=1e-6, atol=1e-6)
-    assert torch.equal(prediction.segmentation, classes)
-    assert prediction.segmentation.shape == (FRAMES, 64, 64)
-    torch.testing.assert_close(prediction.video, probabilities, rtol=1e-6, atol=1e-7)
+    assert torch.equal(prediction["ade20k"], classes)
+    assert prediction["ade20k"].shape == (FRAMES, 64, 64)
+    torch.testing.assert_close(prediction["k400"], probabilities, rtol=1e-6, atol=1e-7)
 
 
 def test_bad_inputs_and_foreign_heads_are_refused(shared, tiny_entry):
@@ -79,8 +81,8 @@ def test_bad_inputs_and_foreign_heads_are_refused(shared, tiny_entry):
 
 
 def run_cli(ws, *args):
-    return subprocess.run([sys.executable, "-m", "frozenrep.multitask", *args], cwd=ws, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([str(Path(sys.executable).parent / "frozenrep-predict-video"), *args], cwd=ws,
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_cli_runs_the_workflows_frozen_heads_on_a_video(ci_run, tmp_path):

@@ -10,8 +10,8 @@ import torch
 from frozenrep.backbones import build_backbone
 from frozenrep.checkpoints import load_registry, read_state_dict
 from frozenrep.local_backbones import create_local_backbone
-from frozenrep.pretraining import (ImageSetConfig, LabelledImages, PretrainingError, Recipe, SimMIM,
-                                   build_pretrainer, class_catalogue, collate, supervised_loss)
+from frozenrep.pretraining import PretrainingError, Recipe, SimMIM, build_pretrainer, supervised_loss
+from frozenrep.synthetic.images import ImageSetConfig, LabelledImages, class_catalogue, collate
 from workspace import REPO
 
 REGISTRY = load_registry(REPO / "params" / "checkpoints.yaml")

@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 import time
 import urllib.request
 
@@ -46,7 +47,7 @@ def non_loopback_address():
 def test_mlflow_ui_listens_on_loopback_only(tmp_path):
     port = free_port()
     store = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    process = subprocess.Popen([sys.executable, "-m", "frozenrep.services", "mlflow-ui", "--store", store,
+    process = subprocess.Popen([str(Path(sys.executable).parent / "frozenrep-mlflow-ui"), "--store", store,
                                 "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -78,10 +79,10 @@ def test_command_binds_loopback_by_default_and_passes_an_explicit_host():
 
 
 def test_exposing_the_ui_warns(capfd, monkeypatch):
-    from frozenrep import services
+    from frozenrep.cli import mlflow_ui
 
-    monkeypatch.setattr(services.os, "execv", lambda *args: None)  # stop before starting the server
-    services.main(["mlflow-ui", "--host", "0.0.0.0", "--store", "sqlite:///x.db"])
+    monkeypatch.setattr(mlflow_ui.os, "execv", lambda *args: None)  # stop before starting the server
+    mlflow_ui.main(["--host", "0.0.0.0", "--store", "sqlite:///x.db"])
     assert "MLflow has no authentication" in capfd.readouterr().err
-    services.main(["mlflow-ui", "--store", "sqlite:///x.db"])
+    mlflow_ui.main(["--store", "sqlite:///x.db"])
     assert "no authentication" not in capfd.readouterr().err

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
+from frozenrep.config import config_from
 from frozenrep.backbones import trainable_state_dict
 from frozenrep.data.coco import CocoDetection, collate
-from frozenrep.heads.detection import detection_loss
+from frozenrep.heads.coco import detection_loss
 from frozenrep.training import ResumableBatchSampler, TrainConfig, TrainingError, lr_factor, train
 
 CFG = dict(steps=6, batch_size=2, lr=5e-3, warmup_steps=2, checkpoint_every=2, grad_clip=5.0)
@@ -25,7 +26,7 @@ def run(tiny_detector, tiny_coco, run_dir, kill_at=None, fingerprint="f"):
         if kill_at is not None and state["step"] == kill_at:
             raise Killed
 
-    train(model, dataset, collate, detection_loss, TrainConfig(**CFG), run_dir, seed=3,
+    train(model, dataset, collate, detection_loss, config_from(TrainConfig, dict(**CFG), "$defs.train"), run_dir, seed=3,
           fingerprint=fingerprint, on_state=on_state)
     return trainable_state_dict(model)
 
@@ -60,11 +61,11 @@ def test_batch_order_depends_only_on_seed_and_step():
 
 
 def test_lr_schedules():
-    cfg = TrainConfig(steps=100, batch_size=1, lr=1.0, warmup_steps=10)
+    cfg = config_from(TrainConfig, dict(steps=100, batch_size=1, lr=1.0, warmup_steps=10), "$defs.train")
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
     assert lr_factor(10, cfg) == pytest.approx(1.0) and lr_factor(100, cfg) == pytest.approx(0.0, abs=1e-9)
     assert lr_factor(55, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
-    step = TrainConfig(steps=100, batch_size=1, lr=1.0, schedule="step", step_milestones=(0.5, 0.9))
+    step = config_from(TrainConfig, dict(steps=100, batch_size=1, lr=1.0, schedule="step", step_milestones=(0.5, 0.9)), "$defs.train")
     assert [lr_factor(s, step) for s in (0, 49, 50, 89, 90)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
 
 
@@ -72,7 +73,7 @@ def test_nothing_to_train_is_an_error(tiny_coco, tmp_path):
     model = torch.nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(TrainingError, match="no trainable parameters"):
         train(model, CocoDetection(tiny_coco, "train"), collate, detection_loss,
-              TrainConfig(steps=1, batch_size=1, lr=1.0), tmp_path, seed=0, fingerprint="x")
+              config_from(TrainConfig, dict(steps=1, batch_size=1, lr=1.0), "$defs.train"), tmp_path, seed=0, fingerprint="x")
 
 
 def test_seeded_rng_draws_from_the_seed_and_restores_the_global_generator():

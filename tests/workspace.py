@@ -81,19 +81,21 @@ def resolved_profile(name: str = "ci.yaml") -> dict:
 
 
 def job_spec(root: Path, entry, task: str, study: str, **train) -> dict:
-    """A training/evaluation job spec for ``task`` on the CI profile, its dataset generated under
-    ``root`` (once) with its manifest beside it; ``train`` overrides keys of the task's train block."""
-    from frozenrep.config import DATASET_OF_TASK
-    from frozenrep.data import dataset_module, write_manifest
+    """A training/evaluation job spec for ``task`` on the CI profile, as the rules pass it (the JSON
+    of :class:`frozenrep.config.JobSpec`), its dataset generated under ``root`` (once) with its
+    manifest beside it; ``train`` overrides keys of the task's train block."""
+    import json
+
+    from frozenrep import config as profiles
+    from frozenrep.data import write_manifest
+    from frozenrep.tasks import declaration
 
     config = resolved_profile()
-    dataset = DATASET_OF_TASK[task]
-    if not (root / f"{dataset}.manifest.json").exists():
-        module = dataset_module(dataset)
-        module.generate(root / dataset, **config["datasets"][dataset]["generate"])
-        write_manifest(root / f"{dataset}.manifest.json", dataset, module.verify_layout(root / dataset), "generate")
-    task_config = {k: v for k, v in config[task].items() if k != "resources"}
-    task_config["train"].update(train)
-    return {"study": study, "task": task, "backbone": entry.name, "mode": "frozen", "seed": 0,
-            "entry": entry.__dict__, "task_config": task_config, "device": "cpu",
-            "tracking": {"uri": f"sqlite:///{root / 'mlruns.db'}"}}
+    if not (root / f"{task}.manifest.json").exists():
+        declaration(task).module("synthetic").generate(root / task, **config["datasets"][task]["generate"])
+        summary = declaration(task).module("data").verify_layout(root / task)
+        write_manifest(root / f"{task}.manifest.json", task, summary, "generate")
+    spec = profiles.job_spec(config, {entry.name: entry}, task, entry.name, "frozen", 0, study=study, device="cpu",
+                             tracking={"uri": f"sqlite:///{root / 'mlruns.db'}"})
+    spec.task_config["train"].update(train)
+    return json.loads(spec.to_json())

@@ -6,7 +6,7 @@ import json
 
 from frozenrep.local_backbones import create_local_backbone
 from frozenrep.progress import setup_logging
-from frozenrep.training import set_threads
+from frozenrep.runtime import set_threads
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--entry", required=True, help="the registry entry as JSON")

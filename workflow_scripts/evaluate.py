@@ -5,15 +5,15 @@ processes); the metric is computed once over every rank's predictions.
 """
 
 import argparse
-import json
 from pathlib import Path
 
+from frozenrep.config import JobSpec
 from frozenrep.jobs import run_evaluation
 from frozenrep.progress import setup_logging
-from frozenrep.training import set_threads
+from frozenrep.runtime import job_process
 
 parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("--spec", required=True, help="job spec JSON (rules/common.smk: job_spec)")
+parser.add_argument("--spec", required=True, help="job spec JSON (frozenrep.config.JobSpec)")
 parser.add_argument("--checkpoint", required=True, type=Path)
 parser.add_argument("--manifest", required=True, type=Path)
 parser.add_argument("--head", required=True, type=Path)
@@ -26,12 +26,6 @@ parser.add_argument("--pictures", type=Path, default=None,
 parser.add_argument("--num-pictures", type=int, default=4, help="how many samples --pictures draws")
 args = parser.parse_args()
 setup_logging()
-set_threads(args.threads)
-try:
-    run_evaluation(json.loads(args.spec), args.checkpoint, args.manifest, args.head, args.out,
+with job_process(args.threads):
+    run_evaluation(JobSpec.from_json(args.spec), args.checkpoint, args.manifest, args.head, args.out,
                    feature_cache=args.feature_cache, pictures=args.pictures, num_pictures=args.num_pictures)
-finally:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

@@ -4,15 +4,15 @@ Run it with ``torchrun --nproc_per_node=N`` to train data-parallel on N GPUs (or
 """
 
 import argparse
-import json
 from pathlib import Path
 
+from frozenrep.config import JobSpec
 from frozenrep.jobs import run_training
 from frozenrep.progress import setup_logging
-from frozenrep.training import set_threads
+from frozenrep.runtime import job_process
 
 parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("--spec", required=True, help="job spec JSON (rules/common.smk: job_spec)")
+parser.add_argument("--spec", required=True, help="job spec JSON (frozenrep.config.JobSpec)")
 parser.add_argument("--checkpoint", required=True, type=Path)
 parser.add_argument("--manifest", required=True, type=Path)
 parser.add_argument("--out", required=True, type=Path, help="head weights (safetensors)")
@@ -21,11 +21,5 @@ parser.add_argument("--plot", type=Path, help="training curve as a plot (PNG)")
 parser.add_argument("--threads", type=int, default=1)
 args = parser.parse_args()
 setup_logging()
-set_threads(args.threads)
-try:
-    run_training(json.loads(args.spec), args.checkpoint, args.manifest, args.out, args.curve, args.plot)
-finally:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+with job_process(args.threads):
+    run_training(JobSpec.from_json(args.spec), args.checkpoint, args.manifest, args.out, args.curve, args.plot)

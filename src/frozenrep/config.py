@@ -1,21 +1,28 @@
-"""Checks of a run profile that a JSON schema cannot express (names that must exist elsewhere).
+"""Run profiles: loading, the schema's defaults (the only defaults), the checks a JSON schema
+cannot express, and the typed job spec that every training and evaluation job starts from.
 
-The Snakefile validates the profile against params/schemas/config.schema.yaml first, then calls
-:func:`check_config`; both run before any job, and each error names the key and what is allowed.
+The Snakefile validates the profile against params/schemas/config.schema.yaml (filling in its
+defaults), then calls :func:`check_config`; both run before any job, and each error names the key
+and what is allowed. The config dataclasses of the heads and the training loop have no defaults of
+their own: :func:`config_from` fills them from the schema.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from frozenrep.checkpoints import CheckpointEntry
+import yaml
 
-# task -> the dataset it is trained and evaluated on
-DATASET_OF_TASK: dict[str, str] = {"coco": "coco", "ade20k": "ade20k", "k400": "k400"}
-# what a `source: download` needs per dataset: archive files, or (Kinetics/CVDF) tar lists and csvs
-DOWNLOAD_KEYS: dict[str, tuple[str, ...]] = {"coco": ("files",), "ade20k": ("files",), "k400": ("lists", "annotations")}
+from frozenrep.checkpoints import CheckpointEntry
+from frozenrep.io import fingerprint_of
+from frozenrep.tasks import TASKS
+
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "params" / "schemas" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -56,7 +63,7 @@ def check_config(config: Mapping[str, Any], registry: Mapping[str, CheckpointEnt
     for index, name in enumerate(config.get("table3", {}).get("backbones", [])):
         known(f"table3.backbones[{index}]", name)
     for task in config["tasks"]:
-        dataset = DATASET_OF_TASK[task]
+        dataset = task  # each task has its own dataset, of the same name
         if dataset not in config.get("datasets", {}):
             raise ConfigError(f"tasks lists {task!r}, but datasets.{dataset} is not set; add a datasets.{dataset} "
                               "section (source: generate, download or existing).")
@@ -67,7 +74,7 @@ def check_config(config: Mapping[str, Any], registry: Mapping[str, CheckpointEnt
             raise ConfigError(f"datasets.{dataset}.root: {settings['root']} does not exist (source: existing); "
                               "point it at your copy, or use source: download.")
         if settings["source"] == "download":
-            for key in DOWNLOAD_KEYS[dataset]:
+            for key in TASKS[task].download_keys:
                 if not settings.get("download", {}).get(key):
                     raise ConfigError(f"datasets.{dataset}.download.{key} is not set (source: download); "
                                       "see params/paper.yaml for the official sources.")
@@ -102,29 +109,104 @@ def prefer_interpreter(executable: str) -> None:
     os.environ["PATH"] = os.pathsep.join([str(Path(executable).parent), os.environ.get("PATH", "")])
 
 
-def job_spec(config: dict[str, Any], registry: dict[str, CheckpointEntry], task: str, backbone: str, mode: str,
-             seed: int, rung: str | None = None, table: str = "table1") -> dict[str, Any]:
-    """Everything a training or evaluation job needs, from the profile (what the rules pass as --spec).
+@functools.cache
+def profile_schema(path: str | Path = SCHEMA_FILE) -> dict[str, Any]:
+    """The profile schema (read once per process)."""
+    return yaml.safe_load(Path(path).read_text())
 
-    ``rung`` names a table-2 head (``table2.rungs``) in place of the profile's; ``table`` is the
-    table whose MLflow parent run the job's run goes under. Table 1's jobs carry neither key.
+
+def schema_defaults(section: str) -> dict[str, Any]:
+    """The schema's defaults of the keys of one section: ``coco.head``, ``k400.train``, ``$defs.train``."""
+    schema = profile_schema()
+    parts = section.split(".")
+    node: Mapping[str, Any] = schema
+    if parts[0] == "$defs":
+        node, parts = schema["$defs"][parts[1]], parts[2:]
+    for part in parts:
+        node = node["properties"][part]
+        if "$ref" in node:
+            node = schema["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    return {key: value["default"] for key, value in node.get("properties", {}).items() if "default" in value}
+
+
+def dataclass_from(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """Build a config dataclass, naming the params key at fault on an unknown or missing one."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise KeyError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    missing = sorted(known - set(values))
+    if missing:
+        raise KeyError(f"{where}: missing key(s) {missing}")
+    converted = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+                 for k, v in values.items()}
+    return cls(**converted)
+
+
+def config_from(cls: type, values: Mapping[str, Any], section: str, where: str | None = None) -> Any:
+    """A config dataclass of schema section ``section`` from ``values`` over the section's defaults."""
+    return dataclass_from(cls, {**schema_defaults(section), **values}, where or section)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a training or evaluation job needs, built once from the validated profile.
+
+    ``task_config`` is the profile's ``<task>`` section (defaults filled in, ``resources`` left
+    out, a table-2 rung's head in place of the profile's); ``rung`` names that rung; ``table`` is
+    the table whose MLflow parent run the job's run goes under.
     """
-    task_config = {k: v for k, v in config[task].items() if k != "resources"}
-    spec = {"study": config["study"], "task": task, "backbone": backbone, "mode": mode, "seed": int(seed),
-            "entry": registry[backbone].__dict__, "task_config": task_config,
-            "device": config["device"], "tracking": config["tracking"]}
+
+    study: str
+    task: str
+    backbone: str
+    mode: str
+    seed: int
+    entry: CheckpointEntry
+    task_config: dict[str, Any]
+    device: str
+    tracking: dict[str, Any]
+    rung: str | None = None
+    table: str = "table1"
+
+    def to_json(self) -> str:
+        """The spec as the rules pass it (``--spec``): sorted keys, so a change reruns exactly its jobs."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "JobSpec":
+        values = json.loads(text)
+        return cls(**{**values, "entry": CheckpointEntry.from_dict(values["entry"])})
+
+    def fingerprint(self, checkpoint_sha256: str) -> str:
+        """What identifies the job's results: everything but the tracking settings, and the checkpoint."""
+        values = {k: v for k, v in asdict(self).items() if k != "tracking"}
+        return fingerprint_of(values, checkpoint_sha256)
+
+    def config(self, cls: type, key: str) -> Any:
+        """One block of the task section as its config dataclass (``head``, ``train``)."""
+        return config_from(cls, self.task_config[key], f"{self.task}.{key}")
+
+
+def job_spec(config: Mapping[str, Any], registry: Mapping[str, CheckpointEntry], task: str, backbone: str, mode: str,
+             seed: int | str, rung: str | None = None, table: str = "table1", **overrides: Any) -> JobSpec:
+    """The job spec of (task, backbone, mode, seed) in the validated profile ``config``.
+
+    ``rung`` names a table-2 head (``table2.rungs``) in place of the profile's; ``overrides`` replace
+    other fields (tests: another study, device or tracking store).
+    """
+    task_config = json.loads(json.dumps({k: v for k, v in config[task].items() if k != "resources"}))
     if rung is not None:
         task_config["head"] = rung_head(config, task, rung)
-        spec["rung"] = rung
-    if table != "table1":
-        spec["table"] = table
-    return spec
+    values = dict(study=config["study"], task=task, backbone=backbone, mode=mode, seed=int(seed),
+                  entry=registry[backbone], task_config=task_config, device=config["device"],
+                  tracking=dict(config["tracking"]), rung=rung, table=table)
+    return JobSpec(**{**values, **overrides})
 
 
-def load_profile(path: str | Path, schema: str | Path = "params/schemas/config.schema.yaml") -> dict[str, Any]:
+def load_profile(path: str | Path, schema: str | Path = SCHEMA_FILE) -> dict[str, Any]:
     """A profile as the Snakefile sees it: validated against the schema, with its defaults filled
     in (job specs, and so the heads' fingerprints, include them)."""
-    import yaml
     from snakemake.utils import validate
 
     config = yaml.safe_load(Path(path).read_text())

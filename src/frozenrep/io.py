@@ -85,3 +85,8 @@ def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256", chunk_s
         for chunk in iter(lambda: handle.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def fingerprint_of(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (a job's config and its checkpoint's hash)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

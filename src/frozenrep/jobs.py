@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,39 +12,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from frozenrep.backbones import BackboneAdapter, build_backbone, trainable_state_dict
-from frozenrep.checkpoints import CheckpointEntry
+from frozenrep.config import JobSpec
 from frozenrep.feature_cache import FeatureCache
-from frozenrep.io import atomic_dir, atomic_path, file_digest, write_json_atomic, write_text_atomic
+from frozenrep.io import atomic_dir, atomic_path, file_digest, fingerprint_of, write_json_atomic, write_text_atomic
 from frozenrep.progress import log
-from frozenrep.tasks import dataclass_from, get_task
+from frozenrep.runtime import pick_device, start_distributed
+from frozenrep.tasks import Task, get_task
 from frozenrep.tracking import flatten, git_commit, resolve_uri, run_name, tracked_run
-from frozenrep.training import TrainConfig, fingerprint_of, train
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for, but no CUDA device is visible; set device: auto or cpu.")
-    return torch.device(name)
-
-
-def start_distributed(name: str = "auto") -> tuple[torch.device, int]:
-    """Under torchrun (``WORLD_SIZE`` > 1) join the process group, NCCL on GPUs and gloo on the CPU;
-    return this rank's device and its rank (``(device, 0)`` in a plain process)."""
-    import os
-
-    import torch.distributed as dist
-
-    device = pick_device(name)
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return device, 0
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device, dist.get_rank()
+from frozenrep.training import TrainConfig, train
 
 
 def checkpoint_sha256(checkpoint: Path) -> str:
@@ -51,13 +27,11 @@ def checkpoint_sha256(checkpoint: Path) -> str:
     return sidecar.read_text().split()[0] if sidecar.exists() else file_digest(checkpoint)
 
 
-def build_model(spec: dict[str, Any], checkpoint: Path, train_set: Any) -> torch.nn.Module:
+def build_model(spec: JobSpec, checkpoint: Path, train_set: Any) -> torch.nn.Module:
     """The task's head on the registry backbone, seeded so that the head's init is reproducible."""
-    task = get_task(spec["task"])
-    entry = CheckpointEntry.from_dict(spec["entry"])
-    torch.manual_seed(spec["seed"])
-    backbone = build_backbone(entry, checkpoint, mode=spec["mode"])
-    return task.build_head(backbone, train_set, spec["task_config"], entry)
+    torch.manual_seed(spec.seed)
+    backbone = build_backbone(spec.entry, checkpoint, mode=spec.mode)
+    return get_task(spec.task).build_head(backbone, train_set, spec.task_config, spec.entry)
 
 
 def load_head_weights(model: torch.nn.Module, head: Path) -> dict[str, str]:
@@ -75,20 +49,20 @@ def load_head_weights(model: torch.nn.Module, head: Path) -> dict[str, str]:
     return meta
 
 
-def job_tags(spec: dict[str, Any], checkpoint: Path, manifest: Path, job: str) -> dict[str, Any]:
+def job_tags(spec: JobSpec, checkpoint: Path, manifest: Path, job: str) -> dict[str, Any]:
     """What a user filters runs on: the job's identity, its head settings (``head.<key>``, and
     ``head_sha256`` of the whole task config, equal for runs with the same settings), the code and
     the inputs' hashes."""
-    head = flatten("head", spec["task_config"].get("head", {}))
-    return {"task": spec["task"], "backbone": spec["backbone"], "pretraining": spec["entry"]["pretraining"],
-            "mode": spec["mode"], "seed": spec["seed"], "job": job, "rung": spec.get("rung", "profile"),
+    head = flatten("head", spec.task_config["head"])
+    return {"task": spec.task, "backbone": spec.backbone, "pretraining": spec.entry.pretraining,
+            "mode": spec.mode, "seed": spec.seed, "job": job, "rung": spec.rung or "profile",
             "git_commit": git_commit(),
             "checkpoint_sha256": checkpoint_sha256(checkpoint), "data_sha256": file_digest(manifest),
-            "head_sha256": fingerprint_of(spec["task_config"])[:16], **head}
+            "head_sha256": fingerprint_of(spec.task_config)[:16], **head}
 
 
-def spec_run_name(spec: dict[str, Any]) -> str:
-    return run_name(spec["task"], spec["backbone"], spec["mode"], spec["seed"], spec.get("rung"))
+def spec_run_name(spec: JobSpec) -> str:
+    return run_name(spec.task, spec.backbone, spec.mode, spec.seed, spec.rung)
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
@@ -100,20 +74,30 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
             "head_params": sum(p.numel() for p in params if id(p) not in backbone)}
 
 
-def job_fingerprint(spec: dict[str, Any], checkpoint: Path) -> str:
-    return fingerprint_of({k: v for k, v in spec.items() if k != "tracking"}, checkpoint_sha256(checkpoint))
+def job_fingerprint(spec: JobSpec, checkpoint: Path) -> str:
+    return spec.fingerprint(checkpoint_sha256(checkpoint))
 
 
-def prepare_job(spec: dict[str, Any], checkpoint: Path, manifest: Path, device: torch.device | None = None):
-    """What both jobs start from: the task, the device, both splits and the model on the backbone."""
-    task = get_task(spec["task"])
-    device = device or pick_device(spec.get("device", "auto"))
+@dataclass
+class Job:
+    """What the training and the evaluation job both start from."""
+
+    task: Task
+    device: torch.device
+    train_set: Any
+    val_set: Any
+    model: torch.nn.Module
+
+
+def prepare_job(spec: JobSpec, checkpoint: Path, manifest: Path, device: torch.device | None = None) -> Job:
+    """The task, the device, both splits (from the dataset manifest's root) and the model on the backbone."""
+    task = get_task(spec.task)
     root = Path(json.loads(Path(manifest).read_text())["root"])
-    train_set, val_set = task.datasets(root, spec["task_config"])
-    return task, device, train_set, val_set, build_model(spec, checkpoint, train_set)
+    train_set, val_set = task.datasets(root, spec.task_config)
+    return Job(task, device or pick_device(spec.device), train_set, val_set, build_model(spec, checkpoint, train_set))
 
 
-def run_training(spec: dict[str, Any], checkpoint: Path, manifest: Path, out_head: Path,
+def run_training(spec: JobSpec, checkpoint: Path, manifest: Path, out_head: Path,
                  out_curve: Path | None = None, out_plot: Path | None = None) -> None:
     """Train the task head; write ``out_head`` (safetensors), ``out_curve`` (CSV) and ``out_plot``
     (the curve as PNG, also an MLflow artifact) atomically when done.
@@ -121,32 +105,33 @@ def run_training(spec: dict[str, Any], checkpoint: Path, manifest: Path, out_hea
     Under torchrun every rank trains its share of each batch; rank 0 alone tracks the run and
     writes files.
     """
-    device, rank = start_distributed(spec.get("device", "auto"))
-    task, device, train_set, _, model = prepare_job(spec, checkpoint, manifest, device)
-    cfg = dataclass_from(TrainConfig, spec["task_config"]["train"], f"{spec['task']}.train")
+    device, rank = start_distributed(spec.device)
+    job = prepare_job(spec, checkpoint, manifest, device)
+    task, model, train_set = job.task, job.model, job.train_set
+    cfg = spec.config(TrainConfig, "train")
     run_dir = out_head.parent
     fingerprint = job_fingerprint(spec, checkpoint)
     if rank != 0:
-        train(model, train_set, task.collate, task.loss, cfg, run_dir, seed=spec["seed"], fingerprint=fingerprint,
+        train(model, train_set, task.collate, task.loss, cfg, run_dir, seed=spec.seed, fingerprint=fingerprint,
               device=device)
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     state_file = run_dir / "mlflow_run_id"  # "<fingerprint> <run id>": a resumed job continues its run
     saved = state_file.read_text().split() if state_file.exists() else []
     resume_id = saved[1] if len(saved) == 2 and saved[0] == fingerprint else None
-    tracking = spec.get("tracking", {})
     name = spec_run_name(spec)
     counts = parameter_counts(model)
     trainable = counts["trainable_params"]
-    params = {**flatten("", spec["task_config"]), "backbone": spec["backbone"], "mode": spec["mode"],
-              "seed": spec["seed"], **counts, "total_params": sum(p.numel() for p in model.parameters())}
-    with tracked_run(resolve_uri(tracking.get("uri")), spec["study"], name,
+    params = {**flatten("", spec.task_config), "backbone": spec.backbone, "mode": spec.mode,
+              "seed": spec.seed, **counts, "total_params": sum(p.numel() for p in model.parameters())}
+    with tracked_run(resolve_uri(spec.tracking.get("uri")), spec.study, name,
                      job_tags(spec, checkpoint, manifest, "train"), params, resume_run_id=resume_id,
-                     parent=spec.get("table", "table1")) as run:
+                     parent=spec.table) as run:
         write_text_atomic(state_file, f"{fingerprint} {run.run_id}\n")
-        run.log_dict({k: v for k, v in spec.items() if k != "tracking"}, "config.json")  # the resolved job config
+        resolved = {k: v for k, v in json.loads(spec.to_json()).items() if k != "tracking"}
+        run.log_dict(resolved, "config.json")  # the resolved job config
         start = time.monotonic()
-        result = train(model, train_set, task.collate, task.loss, cfg, run_dir, seed=spec["seed"],
+        result = train(model, train_set, task.collate, task.loss, cfg, run_dir, seed=spec.seed,
                        fingerprint=fingerprint, logger=run, device=device)
         run.log_metrics({"train/seconds": time.monotonic() - start}, result["step"])
         state = {k: v.detach().cpu().contiguous() for k, v in trainable_state_dict(model).items()}
@@ -185,7 +170,7 @@ def attach_feature_cache(model: torch.nn.Module, checkpoint: Path, root: Path | 
     return caches
 
 
-def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head: Path, out_metrics: Path,
+def run_evaluation(spec: JobSpec, checkpoint: Path, manifest: Path, head: Path, out_metrics: Path,
                    feature_cache: Path | None = None, pictures: Path | None = None, num_pictures: int = 4) -> None:
     """Score the trained head on the validation split; write ``out_metrics`` (JSON) atomically.
 
@@ -196,29 +181,29 @@ def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head:
     over the pooled predictions; rank 0 alone tracks the run and writes the file (its feature-cache
     counts are its own share's).
     """
-    device, rank = start_distributed(spec.get("device", "auto"))
-    task, device, train_set, val_set, model = prepare_job(spec, checkpoint, manifest, device)
+    device, rank = start_distributed(spec.device)
+    job = prepare_job(spec, checkpoint, manifest, device)
+    task, model, train_set, val_set = job.task, job.model, job.train_set, job.val_set
     meta = load_head_weights(model, head)
     model.to(device)
-    caches = attach_feature_cache(model, checkpoint, feature_cache) if feature_cache and spec["mode"] == "frozen" else []
+    caches = attach_feature_cache(model, checkpoint, feature_cache) if feature_cache and spec.mode == "frozen" else []
     if rank != 0:
-        task.evaluate(model, val_set, spec["task_config"], device)
+        task.evaluate(model, val_set, spec.task_config, device)
         return
-    tracking = spec.get("tracking", {})
     name = spec_run_name(spec)
-    with tracked_run(resolve_uri(tracking.get("uri")), spec["study"], name,
+    with tracked_run(resolve_uri(spec.tracking.get("uri")), spec.study, name,
                      job_tags(spec, checkpoint, manifest, "train+evaluate"),
-                     resume_run_id=meta.get("mlflow_run_id"), parent=spec.get("table", "table1")) as run:
+                     resume_run_id=meta.get("mlflow_run_id"), parent=spec.table) as run:
         start = time.monotonic()
-        metrics, predictions = task.evaluate(model, val_set, spec["task_config"], device)
+        metrics, predictions = task.evaluate(model, val_set, spec.task_config, device)
         seconds = time.monotonic() - start
-        scalars = {f"{spec['task']}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        scalars = {f"{spec.task}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         skipped = [{"split": split, "file": f, "reason": r} for split, ds in (("train", train_set), ("val", val_set))
                    for f, r in getattr(ds, "skipped", [])]
-        scalars[f"{spec['task']}/skipped_samples"] = len(skipped)
+        scalars[f"{spec.task}/skipped_samples"] = len(skipped)
         run.log_metrics(scalars, int(meta.get("steps", 0)))
-        record = {"task": spec["task"], "backbone": spec["backbone"], "pretraining": spec["entry"]["pretraining"],
-                  "mode": spec["mode"], "seed": spec["seed"], "rung": spec.get("rung"),
+        record = {"task": spec.task, "backbone": spec.backbone, "pretraining": spec.entry.pretraining,
+                  "mode": spec.mode, "seed": spec.seed, "rung": spec.rung,
                   **parameter_counts(model), "metrics": metrics,
                   "table_metrics": list(task.table_metrics), "num_images": len(val_set),
                   "skipped_samples": skipped,
@@ -228,7 +213,7 @@ def run_evaluation(spec: dict[str, Any], checkpoint: Path, manifest: Path, head:
                   "data_sha256": file_digest(manifest), "mlflow_run_id": run.run_id}
         if pictures is not None:
             with atomic_dir(pictures) as tmp:
-                task.pictures(model, val_set, spec["task_config"], device, predictions, tmp, num_pictures)
+                task.pictures(model, val_set, spec.task_config, device, predictions, tmp, num_pictures)
             for path in sorted(pictures.iterdir()):
                 run.log_artifact(path, "predictions")
         write_json_atomic(out_metrics, record)

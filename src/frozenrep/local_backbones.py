@@ -21,14 +21,15 @@ from frozenrep.progress import log
 def pretrain(entry: CheckpointEntry, state_dir: Path, tracking: dict[str, Any] | None = None,
              study: str = "pretraining", device: torch.device | None = None) -> dict[str, torch.Tensor]:
     """Run the entry's pretraining recipe (resumable from ``state_dir``); return the backbone's weights."""
-    from frozenrep.pretraining import (LabelledImages, Recipe, build_pretrainer, classification_accuracy,
-                                       collate, simmim_loss, supervised_loss)
-    from frozenrep.tasks import dataclass_from
+    from frozenrep.config import config_from
+    from frozenrep.io import fingerprint_of
+    from frozenrep.pretraining import Recipe, build_pretrainer, classification_accuracy, simmim_loss, supervised_loss
+    from frozenrep.synthetic.images import LabelledImages, collate
     from frozenrep.tracking import flatten, resolve_uri, run_name, tracked_run
-    from frozenrep.training import TrainConfig, fingerprint_of, train
+    from frozenrep.training import TrainConfig, train
 
     recipe = Recipe.of(entry)
-    cfg = dataclass_from(TrainConfig, recipe.train, f"registry entry {entry.name}: create.train")
+    cfg = config_from(TrainConfig, recipe.train, "$defs.train", f"registry entry {entry.name}: create.train")
     dataset = LabelledImages(recipe.images, entry.input_mean, entry.input_std).materialise()
     torch.manual_seed(recipe.seed)
     model = build_pretrainer(entry, recipe)

@@ -124,7 +124,7 @@ def class_overlay(image: torch.Tensor, labels: torch.Tensor, colours: list[tuple
 def segmentation_pictures(model: torch.nn.Module, dataset: Any, out_dir: Path, count: int, device: torch.device,
                           **predict_options: Any) -> list[Path]:
     """The first ``count`` validation images: the true class map, then the predicted one, as overlays."""
-    from frozenrep.heads.segmentation import predict
+    from frozenrep.heads.ade20k import predict
 
     colours = palette(dataset.num_classes)
     written = []

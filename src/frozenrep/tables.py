@@ -19,21 +19,22 @@ from typing import Iterable
 import pandas as pd
 
 from frozenrep.io import atomic_path, write_json_atomic
+from frozenrep.tasks import TASKS, column_of
 
 KEY_COLUMNS = ["backbone", "pretraining", "mode"]
 TABLE2_KEYS = ["task", "rung", "mode"]
 COUNT_COLUMNS = ["head_params", "trainable_params", "backbone_params"]
 STRING_COLUMNS = set(KEY_COLUMNS + TABLE2_KEYS + ["source"])
 NON_VALUE_COLUMNS = STRING_COLUMNS | set(COUNT_COLUMNS + ["seeds"])
-TASK_TITLES = {"coco": "COCO", "ade20k": "ADE20K", "k400": "K400"}
-METRIC_TITLES = {"box_ap": "box AP", "mask_ap": "mask AP", "miou": "mIoU", "top1": "top-1"}
 MODE_TITLES = {"frozen": "frozen", "finetune": "fine-tune"}
 
 
 def column_title(column: str) -> str:
-    """``coco_box_ap`` -> ``COCO box AP`` (unknown names are shown as they are)."""
-    task, _, metric = column.partition("_")
-    return f"{TASK_TITLES.get(task, task)} {METRIC_TITLES.get(metric, metric)}".strip()
+    """``coco_box_ap`` -> ``COCO box AP``, from the task's declaration (unknown names are shown as they are)."""
+    task, metric = column_of(column)
+    if task is None:
+        return column
+    return f"{task.title} {task.metrics.get(metric, metric)}".strip()
 
 
 def value_columns(table: pd.DataFrame) -> list[str]:
@@ -264,7 +265,7 @@ def write_table2_markdown(table: pd.DataFrame, out: str | Path, caption: str = "
             rows.append(cells)
         text = pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True,
                                               colalign=["left"] + ["right"] * (len(rows[0]) - 1))
-        sections.append(f"### {TASK_TITLES.get(task, task)}\n\n{text}")
+        sections.append(f"### {TASKS[task].title if task in TASKS else task}\n\n{text}")
     _write_markdown("\n\n".join(sections), out, caption)
 
 

@@ -13,7 +13,6 @@ process) is split between the ranks, and only rank 0 writes state files and logs
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -26,6 +25,7 @@ from frozenrep.backbones import BackboneAdapter, trainable_state_dict
 from frozenrep.io import atomic_path
 from frozenrep.progress import Progress, log
 from frozenrep.randomness import batch_seeds
+from frozenrep.runtime import barrier, distributed, mean_over_ranks
 
 STATE_FILE = "state.pt"
 
@@ -40,21 +40,21 @@ class MetricLogger(Protocol):
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings (keys of ``<task>.train`` in params)."""
+    """Optimisation settings: the keys of ``<task>.train`` (defaults in the profile schema)."""
 
     steps: int
     batch_size: int
     lr: float
-    weight_decay: float = 0.05
-    warmup_steps: int = 0
-    schedule: str = "cosine"                 # cosine | poly | step | constant
-    step_milestones: tuple[float, ...] = (0.67, 0.89)  # fractions of steps where "step" divides lr by 10
-    backbone_lr_mult: float = 1.0            # fine-tune mode: backbone lr = lr * this
-    grad_clip: float = 0.0                   # max gradient norm; 0 disables clipping
-    checkpoint_every: int = 100
-    log_every: int = 10
-    amp: bool = True                         # mixed precision on CUDA (ignored on CPU)
-    num_workers: int = 0
+    weight_decay: float
+    warmup_steps: int
+    schedule: str  # cosine | poly | step | constant
+    step_milestones: tuple[float, ...]  # fractions of steps where "step" divides lr by 10
+    backbone_lr_mult: float  # fine-tune mode: backbone lr = lr * this
+    grad_clip: float  # max gradient norm; 0 disables clipping
+    checkpoint_every: int
+    log_every: int
+    amp: bool  # mixed precision on CUDA (ignored on CPU)
+    num_workers: int
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -137,15 +137,6 @@ class KeyedCollate:
 
     def __call__(self, items: list[tuple[Any, int]]) -> tuple[Any, list[int]]:
         return self.collate_fn([sample for sample, _ in items]), [seed for _, seed in items]
-
-
-def distributed() -> tuple[int, int]:
-    """``(rank, world size)`` of the process group torchrun set up, ``(0, 1)`` without one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
@@ -301,52 +292,5 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
                     save_state(state_path, state)
                     if on_state is not None:
                         on_state(state)
-                if world > 1:  # nobody runs ahead of the state a resumed job would start from
-                    import torch.distributed as dist
-
-                    dist.barrier()
+                barrier()  # nobody runs ahead of the state a resumed job would start from
     return {"step": step, "losses": losses, "curve": curve}
-
-
-def global_normaliser_scale(local: torch.Tensor) -> torch.Tensor:
-    """Factors that turn losses averaged over this rank's normalisers ``local`` (counts or weight
-    sums, one per loss term) into losses averaged over all ranks' normalisers, once DDP has averaged
-    the gradients: ``local * world / sum over ranks``. Ones in a single process, or where every
-    rank's normaliser is zero."""
-    _, world = distributed()
-    if world == 1:
-        return torch.ones_like(local)
-    import torch.distributed as dist
-
-    total = local.clone()
-    dist.all_reduce(total)
-    return torch.where(total > 0, local * world / total.clamp(min=1e-12), torch.ones_like(local))
-
-
-def mean_over_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, float]:
-    """The step's losses averaged over the ranks (the global batch's loss); plain floats.
-
-    Read back in one copy: on a GPU each read of a value makes the host wait for the device.
-    """
-    stacked = torch.stack([v.detach().float().reshape(()) for v in values.values()])
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(stacked)
-        return {k: v / world for k, v in zip(values, stacked.tolist())}
-    return dict(zip(values, stacked.tolist()))
-
-
-def fingerprint_of(*parts: Any) -> str:
-    """A short stable hash of JSON-able parts (the job's config and checkpoint hash)."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def set_threads(threads: int | None) -> None:
-    """Use the job's thread budget (Snakemake's ``threads``) for intra-op parallelism."""
-    if threads:
-        torch.set_num_threads(threads)
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))

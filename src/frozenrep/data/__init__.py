@@ -1,4 +1,7 @@
-"""Datasets: readers for the real on-disk formats, and generators that write those formats."""
+"""Datasets: readers of the real on-disk formats (``data.<task>``), their download and layout checks.
+
+The embedded default's generators live in :mod:`frozenrep.synthetic`; they write these formats.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,10 @@ from frozenrep.archives import extract
 from frozenrep.download import fetch
 from frozenrep.io import file_digest, write_json_atomic
 from frozenrep.progress import log
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing, malformed or not what the config says; the message names the file."""
 
 
 def download_and_extract(root: str | Path, files: list[dict[str, str]], downloads: str | Path,
@@ -36,16 +43,6 @@ def download_and_extract(root: str | Path, files: list[dict[str, str]], download
     shutil.rmtree(root, ignore_errors=True)
     source.rename(root)
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-def dataset_module(name: str):
-    """The module that generates, downloads and verifies dataset ``name``."""
-    from frozenrep.data import ade20k, coco, kinetics
-
-    modules = {"coco": coco, "ade20k": ade20k, "k400": kinetics}
-    if name not in modules:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(modules)}")
-    return modules[name]
 
 
 def write_manifest(path: str | Path, dataset: str, summary: dict[str, Any], source: str) -> None:

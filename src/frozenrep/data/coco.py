@@ -1,6 +1,6 @@
-"""COCO 2017 instances: generation in the true format, download, layout checks and the Dataset.
+"""COCO 2017 instances: download, layout checks and the Dataset.
 
-On disk (both generated and real)::
+On disk (real, and as :mod:`frozenrep.synthetic.coco` writes it)::
 
     <root>/annotations/instances_train2017.json   <root>/train2017/*.jpg
     <root>/annotations/instances_val2017.json     <root>/val2017/*.jpg
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,10 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from frozenrep.data import download_and_extract
-from frozenrep.data.shapes import SHAPES, draw_scene
-from frozenrep.io import file_digest, write_json_atomic
-from frozenrep.progress import Progress
+from frozenrep.data import DatasetError, download_and_extract
+from frozenrep.io import file_digest
 
 SPLITS = ("train", "val")
-
-
-class DatasetError(RuntimeError):
-    """A dataset is missing, malformed or not what the config says; the message names the file."""
 
 
 def annotation_file(root: str | Path, split: str) -> Path:
@@ -40,48 +33,6 @@ def annotation_file(root: str | Path, split: str) -> Path:
 
 def image_dir(root: str | Path, split: str) -> Path:
     return Path(root) / f"{split}2017"
-
-
-def generate(root: str | Path, *, num_train: int, num_val: int, image_size: int, num_categories: int,
-             max_objects: int, min_radius: float, max_radius: float, seed: int) -> None:
-    """Write a COCO-format dataset of shape scenes to ``root`` (deterministic by ``seed``).
-
-    The dataset is built in a temporary directory beside ``root`` and renamed into place whole.
-    """
-    root = Path(root)
-    tmp = root.with_name(root.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    categories = [{"id": i + 1, "name": SHAPES[i], "supercategory": "shape"} for i in range(num_categories)]
-    for split_index, (split, count) in enumerate((("train", num_train), ("val", num_val))):
-        rng = np.random.default_rng([seed, split_index])
-        images, annotations = [], []
-        image_dir(tmp, split).mkdir(parents=True)
-        with Progress(count, f"generate coco {split}", unit="img") as progress:
-            for k in range(count):
-                image_id = k + 1
-                n = int(rng.integers(1, max_objects + 1))
-                image, shapes = draw_scene(rng, image_size, n, num_categories, min_radius, max_radius)
-                file_name = f"{image_id:012d}.jpg"
-                image.save(image_dir(tmp, split) / file_name, quality=95)
-                images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size})
-                for shape in shapes:
-                    annotations.append({
-                        "id": len(annotations) + 1, "image_id": image_id, "category_id": shape.category + 1,
-                        "segmentation": [shape.polygon], "bbox": list(shape.bbox),
-                        "area": float(_polygon_area(shape.polygon)), "iscrowd": 0,
-                    })
-                progress.update()
-        write_json_atomic(annotation_file(tmp, split), {
-            "info": {"description": f"frozenrep generated shapes ({split}), seed {seed}", "version": "1.0"},
-            "licenses": [], "images": images, "annotations": annotations, "categories": categories,
-        })
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
-
-
-def _polygon_area(flat: list[float]) -> float:
-    xs, ys = np.array(flat[0::2]), np.array(flat[1::2])
-    return 0.5 * abs(float(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))))
 
 
 def verify_layout(root: str | Path, check_images: int = 5) -> dict[str, Any]:

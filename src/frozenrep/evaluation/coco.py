@@ -13,7 +13,7 @@ from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader, Subset
 
 from frozenrep.data.coco import CocoDetection, collate
-from frozenrep.evaluation.distributed import gather, shard
+from frozenrep.runtime import gather, shard
 from frozenrep.progress import Progress
 
 # COCOeval.stats indices -> our metric names (AP in percent, as papers report it)

@@ -81,7 +81,7 @@ def per_sample_criterion(config: Any, weight_dict: dict[str, float]) -> nn.Modul
         def loss_labels(self, class_queries_logits, class_labels, indices):
             """transformers' class loss is a mean weighted per query (``no_object_weight`` for unmatched
             ones), so its normaliser depends on the rank's images; rescaled to the global normaliser."""
-            from frozenrep.training import distributed, global_normaliser_scale
+            from frozenrep.runtime import distributed, global_normaliser_scale
 
             losses = super().loss_labels(class_queries_logits, class_labels, indices)
             if distributed()[1] > 1:
@@ -96,7 +96,7 @@ def per_sample_criterion(config: Any, weight_dict: dict[str, float]) -> nn.Modul
         def get_num_masks(self, class_labels, device):
             import torch.distributed as dist
 
-            from frozenrep.training import distributed
+            from frozenrep.runtime import distributed
 
             count = torch.as_tensor(float(sum(len(c) for c in class_labels)), device=device)
             _, world = distributed()
@@ -113,20 +113,20 @@ def per_sample_criterion(config: Any, weight_dict: dict[str, float]) -> nn.Modul
 
 @dataclass
 class SegmentationHeadConfig:
-    """Mask2Former settings (keys of ``ade20k.head`` in params)."""
+    """Mask2Former settings: the keys of ``ade20k.head`` (defaults in the profile schema)."""
 
-    pixel_decoder_layers: int = 1     # [Lin22] one-block pixel decoder (Mask2Former's own default is 6)
-    transformer_decoder_layers: int = 4  # [Lin22] four-block transformer decoder (Mask2Former: 9)
-    num_queries: int = 100
-    hidden_dim: int = 256
-    feature_levels: int = 3           # multi-scale levels the transformer decoder attends to
-    num_heads: int = 8
-    feedforward_dim: int = 1024
-    train_num_points: int = 12544     # points sampled per mask for the mask losses
-    no_object_weight: float = 0.1
-    class_weight: float = 2.0
-    mask_weight: float = 5.0
-    dice_weight: float = 5.0
+    pixel_decoder_layers: int  # [Lin22] one-block pixel decoder (Mask2Former's own default is 6)
+    transformer_decoder_layers: int  # [Lin22] four-block transformer decoder (Mask2Former: 9)
+    num_queries: int
+    hidden_dim: int
+    feature_levels: int  # multi-scale levels the transformer decoder attends to
+    num_heads: int
+    feedforward_dim: int
+    train_num_points: int  # points sampled per mask for the mask losses
+    no_object_weight: float
+    class_weight: float
+    mask_weight: float
+    dice_weight: float
 
 
 class AdapterEncoder(nn.Module):

@@ -6,7 +6,7 @@ from typing import Any, Iterable
 
 import torch
 
-from frozenrep.evaluation.distributed import gather
+from frozenrep.runtime import gather
 from frozenrep.progress import Progress
 
 

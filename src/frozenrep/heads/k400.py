@@ -19,16 +19,16 @@ from frozenrep.backbones import BackboneAdapter
 
 @dataclass
 class VideoHeadConfig:
-    """Temporal head settings (keys of ``k400.head`` in params)."""
+    """Temporal head settings: the keys of ``k400.head`` (defaults in the profile schema)."""
 
-    num_frames: int = 16
-    depth: int = 1                 # temporal transformer blocks; 0 = temporal average pooling
-    width: int = 512
-    num_heads: int = 8
-    mlp_ratio: float = 4.0
-    level: int = -1                # backbone level whose features are used (-1: the last)
-    spatial_pool: int = 1          # per-frame features pooled to pool x pool cells before projection
-    dropout: float = 0.0
+    num_frames: int
+    depth: int  # temporal transformer blocks; 0 = temporal average pooling
+    width: int
+    num_heads: int
+    mlp_ratio: float
+    level: int  # backbone level whose features are used (-1: the last)
+    spatial_pool: int  # per-frame features pooled to pool x pool cells before projection
+    dropout: float
 
 
 class VideoClassifier(nn.Module):

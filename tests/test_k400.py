@@ -6,22 +6,24 @@ import tarfile
 import pytest
 import torch
 
-from frozenrep.data import kinetics
-from frozenrep.data.kinetics import (KineticsClips, KineticsIndex, annotation_csv, class_names, multiview_clips,
+from frozenrep.config import config_from
+from frozenrep.data import k400
+from frozenrep.synthetic import k400 as synthetic_k400
+from frozenrep.data.k400 import (KineticsClips, KineticsIndex, annotation_csv, class_names, multiview_clips,
                                      read_csv, video_path)
-from frozenrep.evaluation.video import evaluate_video, topk_accuracy
-from frozenrep.heads.video import VideoClassifier, VideoHeadConfig
+from frozenrep.evaluation.k400 import evaluate_video, topk_accuracy
+from frozenrep.heads.k400 import VideoClassifier, VideoHeadConfig
 
 
 @pytest.fixture(scope="module")
 def tiny_k400(tmp_path_factory):
     root = tmp_path_factory.mktemp("k400") / "k400"
-    kinetics.generate(root, num_train=8, num_val=4, num_classes=4, image_size=32, num_frames=16, fps=16, seed=0)
+    synthetic_k400.generate(root, num_train=8, num_val=4, num_classes=4, image_size=32, num_frames=16, fps=16, seed=0)
     return root
 
 
 def test_generated_layout_and_csv(tiny_k400):
-    summary = kinetics.verify_layout(tiny_k400)
+    summary = k400.verify_layout(tiny_k400)
     assert summary["classes"] == ["moving down", "moving left", "moving right", "moving up"]
     assert summary["splits"]["train"] == {"rows": 8, "videos_present": 8, "sha256": summary["splits"]["train"]["sha256"]}
     row = read_csv(annotation_csv(tiny_k400, "val"))[0]
@@ -31,7 +33,7 @@ def test_generated_layout_and_csv(tiny_k400):
 
 
 def test_generation_is_deterministic(tmp_path, tiny_k400):
-    kinetics.generate(tmp_path / "again", num_train=8, num_val=4, num_classes=4, image_size=32, num_frames=16,
+    synthetic_k400.generate(tmp_path / "again", num_train=8, num_val=4, num_classes=4, image_size=32, num_frames=16,
                       fps=16, seed=0)
     for path in sorted(tiny_k400.rglob("*.mp4")):
         assert path.read_bytes() == (tmp_path / "again" / path.relative_to(tiny_k400)).read_bytes()
@@ -93,7 +95,7 @@ def test_multiview_testing_uses_uniform_clips_and_crops(tiny_k400):
 def test_head_shapes_for_several_frame_counts(tiny_entry, frames, depth):
     from frozenrep.backbones import build_backbone
 
-    head = VideoHeadConfig(num_frames=frames, depth=depth, width=16, num_heads=2, level=1, spatial_pool=2)
+    head = config_from(VideoHeadConfig, dict(num_frames=frames, depth=depth, width=16, num_heads=2, level=1, spatial_pool=2), "k400.head")
     model = VideoClassifier(build_backbone(tiny_entry, None), 5, head, tiny_entry.input_mean, tiny_entry.input_std)
     calls = []
     model.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
@@ -105,19 +107,19 @@ def test_head_shapes_for_several_frame_counts(tiny_entry, frames, depth):
 
 def test_frozen_guarantee_for_the_video_head(tiny_entry, tiny_k400, tmp_path):
     from frozenrep.backbones import build_backbone
-    from frozenrep.data.kinetics import collate
-    from frozenrep.heads.video import video_loss
+    from frozenrep.data.k400 import collate
+    from frozenrep.heads.k400 import video_loss
     from frozenrep.training import TrainConfig, train
 
     torch.manual_seed(0)
-    head = VideoHeadConfig(num_frames=4, depth=1, width=16, num_heads=2, level=1, spatial_pool=2)
+    head = config_from(VideoHeadConfig, dict(num_frames=4, depth=1, width=16, num_heads=2, level=1, spatial_pool=2), "k400.head")
     model = VideoClassifier(build_backbone(tiny_entry, None, mode="frozen"), 4, head, tiny_entry.input_mean,
                             tiny_entry.input_std)
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     clips = KineticsClips(KineticsIndex(tiny_k400, "train", class_names(tiny_k400), 0.5), clip_duration=0.5,
                           num_frames=4, size=32)
     classifier_before = model.classifier.weight.clone()
-    train(model, clips, collate, video_loss, TrainConfig(steps=2, batch_size=4, lr=1e-2), tmp_path, seed=0,
+    train(model, clips, collate, video_loss, config_from(TrainConfig, dict(steps=2, batch_size=4, lr=1e-2), "$defs.train"), tmp_path, seed=0,
           fingerprint="v")
     assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
     assert not torch.equal(classifier_before, model.classifier.weight)
@@ -170,9 +172,9 @@ def test_cvdf_download_arranges_by_class_with_replacement_and_missing(tmp_path, 
                 "annotations": {"train": f"{base}/k400/train.csv", "val": f"{base}/k400/val.csv"},
                 "replacement": f"{base}/k400/replacement.tgz", "downloads": tmp_path / "dl"}
     root = tmp_path / "data" / "k400"
-    summary = kinetics.download(root, settings)
+    summary = k400.download(root, settings)
     assert summary["missing_videos"] == {"train": [], "val": [val_files[3][0]]}
-    assert kinetics.verify_layout(root)["splits"]["train"]["videos_present"] == 8
+    assert k400.verify_layout(root)["splits"]["train"]["videos_present"] == 8
     replaced = video_path(root, "val", rows["val"][0])
     assert replaced.read_bytes() == val_files[0][1].read_bytes()  # the replacement won over the corrupted copy
     assert not (root / "raw").exists() and (root / "missing_videos.json").exists()

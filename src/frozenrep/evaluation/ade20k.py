@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from frozenrep.evaluation.distributed import shard, sum_over_ranks
+from frozenrep.runtime import shard, sum_over_ranks
 from frozenrep.progress import Progress
 
 IGNORE_INDEX = 255
@@ -50,7 +50,7 @@ def evaluate_segmentation(model: torch.nn.Module, dataset: Any, *, short_side: i
                           mode: str = "whole", stride: int | None = None,
                           device: torch.device | None = None) -> tuple[dict[str, Any], torch.Tensor]:
     """Predict every validation image at its original size and score the accumulated confusion matrix."""
-    from frozenrep.heads.segmentation import predict
+    from frozenrep.heads.ade20k import predict
 
     device = device or next(model.parameters()).device
     model.eval()

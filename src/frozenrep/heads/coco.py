@@ -27,28 +27,28 @@ from frozenrep.randomness import current_batch_seeds, sample_rng
 
 @dataclass
 class DetectionHeadConfig:
-    """Mask R-CNN + FPN settings (keys of ``detection.head`` in params)."""
+    """Mask R-CNN + FPN settings: the keys of ``coco.head`` (defaults in the profile schema)."""
 
-    fpn_channels: int = 256
-    extra_blocks: str = "maxpool"           # "maxpool" (P6 by max-pooling, the Mask R-CNN default) or "none"
-    fpn_repeats: int = 1                    # stacked FPNs: >1 adds top-down passes over the pyramid (a heavier neck)
-    anchor_sizes: Sequence[Sequence[int]] = ((32,), (64,), (128,), (256,), (512,))
-    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0)
-    rpn_convs: int = 1
-    box_head_convs: int = 0                 # 0: two fully connected layers; >0: "NconvFC" head with GroupNorm
-    box_head_fc: int = 1024
-    mask_head_convs: int = 4
-    roi_sampling_ratio: int = 2             # RoIAlign sampling points per bin side (torchvision's Mask R-CNN: 2)
-    min_size: int = 800
-    max_size: int = 1333
-    rpn_batch_size_per_image: int = 256
-    box_batch_size_per_image: int = 512
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_train: int = 2000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_test: int = 1000
-    detections_per_image: int = 100
-    score_threshold: float = 0.05
+    fpn_channels: int
+    extra_blocks: str  # "maxpool" (P6 by max-pooling, the Mask R-CNN default) or "none"
+    fpn_repeats: int  # stacked FPNs: >1 adds top-down passes over the pyramid (a heavier neck)
+    anchor_sizes: Sequence[Sequence[int]]
+    aspect_ratios: Sequence[float]
+    rpn_convs: int
+    box_head_convs: int  # 0: two fully connected layers; >0: "NconvFC" head with GroupNorm
+    box_head_fc: int
+    mask_head_convs: int
+    roi_sampling_ratio: int  # RoIAlign sampling points per bin side (torchvision's Mask R-CNN: 2)
+    min_size: int
+    max_size: int
+    rpn_batch_size_per_image: int
+    box_batch_size_per_image: int
+    rpn_pre_nms_top_n_train: int
+    rpn_post_nms_top_n_train: int
+    rpn_pre_nms_top_n_test: int
+    rpn_post_nms_top_n_test: int
+    detections_per_image: int
+    score_threshold: float
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -63,9 +63,9 @@ class FPNBackbone(nn.Module):
                  repeats: int = 1) -> None:
         super().__init__()
         if extra_blocks not in ("maxpool", "none"):
-            raise ValueError(f"detection.head.extra_blocks must be 'maxpool' or 'none', got {extra_blocks!r}")
+            raise ValueError(f"coco.head.extra_blocks must be 'maxpool' or 'none', got {extra_blocks!r}")
         if repeats < 1:
-            raise ValueError(f"detection.head.fpn_repeats must be at least 1, got {repeats}")
+            raise ValueError(f"coco.head.fpn_repeats must be at least 1, got {repeats}")
         self.body = body
         # The first FPN reads the backbone's stages; each repeat is another torchvision FPN over the
         # previous pyramid (lateral 1x1 + top-down + 3x3), the "extra FPN repeats" of a heavier neck
@@ -125,7 +125,7 @@ def build_mask_rcnn(backbone: BackboneAdapter, num_classes: int, head: Detection
     """Mask R-CNN with FPN on ``backbone``; sized from the adapter's channels and levels only."""
     fpn = FPNBackbone(backbone, head.fpn_channels, head.extra_blocks, head.fpn_repeats)
     if len(head.anchor_sizes) != fpn.num_levels:
-        raise ValueError(f"detection.head.anchor_sizes has {len(head.anchor_sizes)} levels, but the FPN on this "
+        raise ValueError(f"coco.head.anchor_sizes has {len(head.anchor_sizes)} levels, but the FPN on this "
                          f"backbone has {fpn.num_levels} ({len(backbone.channels)} stages"
                          f"{' + max-pool level' if head.extra_blocks == 'maxpool' else ''}); give one tuple per level.")
     anchors = AnchorGenerator(tuple(tuple(s) for s in head.anchor_sizes),
@@ -172,7 +172,7 @@ def detection_loss(model: MaskRCNN, batch: tuple[list[torch.Tensor], list[dict]]
     anchors, proposals or positives) to the mean over all ranks', so that the averaged gradients
     are those of one process with the whole batch.
     """
-    from frozenrep.training import distributed, global_normaliser_scale
+    from frozenrep.runtime import distributed, global_normaliser_scale
 
     images, targets = batch
     losses = model(images, targets)

@@ -1,0 +1,52 @@
+"""The output layout, written once: the rules' output patterns and the library's paths both come
+from here.
+
+A job is (task, backbone, mode, seed), or with a table-2 head rung (task, rung, backbone, mode,
+seed); its files sit under the same relative path in each folder::
+
+    runs/<job>/head.safetensors        the trained head (state.pt beside it while training)
+    results/metrics/<job>.json         its evaluation
+    results/curves/<job>.csv           its training curve (and results/plots/<job>.png)
+    results/predictions/<job>/         validation samples drawn with the predictions
+    logs/{train,evaluate}/<job>.log    the jobs' logs (and logs/benchmark/.../<job>.tsv)
+
+where ``<job>`` is ``<task>/<backbone>/<mode>/seed<seed>``, or
+``heads/<task>/<rung>/<backbone>/<mode>/seed<seed>`` for a rung.
+"""
+
+from __future__ import annotations
+
+JOB = "{task}/{backbone}/{mode}/seed{seed}"
+RUNG_JOB = "heads/{task}/{rung}/{backbone}/{mode}/seed{seed}"
+
+HEAD = "runs/{job}/head.safetensors"
+METRICS = "results/metrics/{job}.json"
+CURVE = "results/curves/{job}.csv"
+PLOT = "results/plots/{job}.png"
+PREDICTIONS = "results/predictions/{job}"
+TRAIN_LOG = "logs/train/{job}.log"
+EVALUATE_LOG = "logs/evaluate/{job}.log"
+TRAIN_BENCHMARK = "logs/benchmark/train/{job}.tsv"
+EVALUATE_BENCHMARK = "logs/benchmark/evaluate/{job}.tsv"
+
+MANIFEST = "data/{dataset}.manifest.json"
+TABLE = "results/{table}"  # + .csv, .json, .md, .png
+
+
+def pattern(template: str, rung: bool = False) -> str:
+    """A Snakemake output pattern: ``template`` with the job's wildcards (a rung's, with ``rung``)."""
+    return template.replace("{job}", RUNG_JOB if rung else JOB)
+
+
+def job_path(template: str, task: str, backbone: str, mode: str, seed: int | str, rung: str | None = None) -> str:
+    """One job's file (``rung``: a table-2 rung's job)."""
+    return pattern(template, rung is not None).format(task=task, backbone=backbone, mode=mode, seed=seed, rung=rung)
+
+
+def head_path(task: str, backbone: str, mode: str, seed: int | str) -> str:
+    return job_path(HEAD, task, backbone, mode, seed)
+
+
+def manifest_path(dataset: str) -> str:
+    """The dataset rule's output: what was verified (every job of the dataset's task depends on it)."""
+    return MANIFEST.format(dataset=dataset)

@@ -1,0 +1,138 @@
+"""Where a job runs: device choice, thread budget, and the torchrun process group (set-up, shutdown,
+and the collectives the training loop and the evaluations use). Without a process group every
+collective is the identity, so the same code runs in a plain process."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` takes CUDA when visible, else the CPU; ``cuda`` without a visible GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for, but no CUDA device is visible; set device: auto or cpu.")
+    return torch.device(name)
+
+
+def set_threads(threads: int | None) -> None:
+    """Use the job's thread budget (Snakemake's ``threads``) for intra-op parallelism."""
+    if threads:
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def start_distributed(name: str = "auto") -> tuple[torch.device, int]:
+    """Under torchrun (``WORLD_SIZE`` > 1) join the process group, NCCL on GPUs and gloo on the CPU;
+    return this rank's device and its rank (``(device, 0)`` in a plain process)."""
+    import torch.distributed as dist
+
+    device = pick_device(name)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device, 0
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, dist.get_rank()
+
+
+def stop_distributed() -> None:
+    """Leave the process group, if this process joined one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextmanager
+def job_process(threads: int | None) -> Iterator[None]:
+    """A training or evaluation job's process: its thread budget, and the process group left on exit."""
+    set_threads(threads)
+    try:
+        yield
+    finally:
+        stop_distributed()
+
+
+def distributed() -> tuple[int, int]:
+    """``(rank, world size)`` of the process group torchrun set up, ``(0, 1)`` without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing without a process group)."""
+    if distributed()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def shard(count: int) -> list[int]:
+    """The sample indices this rank evaluates: every ``world``-th, starting at its rank."""
+    rank, world = distributed()
+    return list(range(rank, count, world))
+
+
+def gather(items: list[Any]) -> list[Any]:
+    """Every rank's ``items`` (picklable), concatenated in rank order, on every rank."""
+    _, world = distributed()
+    if world == 1:
+        return list(items)
+    import torch.distributed as dist
+
+    pooled: list[list[Any] | None] = [None] * world
+    dist.all_gather_object(pooled, list(items))
+    return [item for part in pooled for item in part]
+
+
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of ``tensor`` over the ranks (integer tensors stay exact)."""
+    _, world = distributed()
+    if world == 1:
+        return tensor
+    import torch.distributed as dist
+
+    # NCCL reduces device tensors only; gloo takes host tensors
+    total = tensor.to("cuda", copy=True) if dist.get_backend() == "nccl" else tensor.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.to(tensor.device)
+
+
+def global_normaliser_scale(local: torch.Tensor) -> torch.Tensor:
+    """Factors that turn losses averaged over this rank's normalisers ``local`` (counts or weight
+    sums, one per loss term) into losses averaged over all ranks' normalisers, once DDP has averaged
+    the gradients: ``local * world / sum over ranks``. Ones in a single process, or where every
+    rank's normaliser is zero."""
+    _, world = distributed()
+    if world == 1:
+        return torch.ones_like(local)
+    import torch.distributed as dist
+
+    total = local.clone()
+    dist.all_reduce(total)
+    return torch.where(total > 0, local * world / total.clamp(min=1e-12), torch.ones_like(local))
+
+
+def mean_over_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    """The step's losses averaged over the ranks (the global batch's loss); plain floats.
+
+    Read back in one copy: on a GPU each read of a value makes the host wait for the device.
+    """
+    stacked = torch.stack([v.detach().float().reshape(()) for v in values.values()])
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(stacked)
+        return {k: v / world for k, v in zip(values, stacked.tolist())}
+    return dict(zip(values, stacked.tolist()))

@@ -1,0 +1,71 @@
+"""The COCO task: Mask R-CNN + FPN on COCO 2017 instances, scored by COCOeval (box and mask AP)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from frozenrep.backbones import BackboneAdapter
+from frozenrep.checkpoints import CheckpointEntry
+from frozenrep.config import config_from
+from frozenrep.data.coco import CocoDetection, annotation_file, collate
+from frozenrep.evaluation.coco import evaluate_detection
+from frozenrep.heads.coco import DetectionHeadConfig, build_mask_rcnn, detection_loss
+from frozenrep.tasks import TASKS, Task
+
+
+def datasets(root: Path, cfg: dict) -> tuple[CocoDetection, CocoDetection]:
+    return CocoDetection(root, "train", train=True), CocoDetection(root, "val", train=False)
+
+
+def build_head(backbone: BackboneAdapter, train_set: Any, cfg: dict, entry: CheckpointEntry) -> nn.Module:
+    head = config_from(DetectionHeadConfig, cfg["head"], "coco.head")
+    return build_mask_rcnn(backbone, train_set.num_classes, head, entry.input_mean, entry.input_std)
+
+
+def evaluate(model: nn.Module, val_set: CocoDetection, cfg: dict, device: torch.device):
+    return evaluate_detection(model, val_set, batch_size=cfg["eval"]["batch_size"], device=device)
+
+
+def pictures(model: nn.Module, val_set: CocoDetection, cfg: dict, device: torch.device, results: Any, out: Path,
+             count: int) -> list[Path]:
+    from frozenrep.pictures import detection_pictures
+
+    return detection_pictures(val_set, results, out, count)
+
+
+def class_names(root: Path) -> list[str]:
+    """Category names in label order (labels 1..K by sorted id), from the small val annotations."""
+    categories = json.loads(annotation_file(root, "val").read_text())["categories"]
+    return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+
+
+def detect(model: nn.Module, inputs: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """torchvision Mask R-CNN's inference on normalised, unresized, unpadded inputs (N, 3, H, W):
+    what ``model(images)`` gives when its transform leaves the size alone."""
+    from torchvision.models.detection.image_list import ImageList
+
+    sizes = [tuple(inputs.shape[-2:])] * inputs.shape[0]
+    images = ImageList(inputs, sizes)
+    features = model.backbone(inputs)
+    proposals, _ = model.rpn(images, features)
+    detections, _ = model.roi_heads(features, proposals, images.image_sizes)
+    return model.transform.postprocess(detections, images.image_sizes, sizes)
+
+
+def summarise(detections: list[dict[str, torch.Tensor]], names: list[str], threshold: float) -> dict[str, Any]:
+    """Per frame, the detections scoring at least ``threshold``."""
+    return {"detections": [[{"category": names[int(label) - 1], "score": round(float(score), 4),
+                             "box_xyxy": [round(float(v), 1) for v in box]}
+                            for box, label, score in zip(d["boxes"], d["labels"], d["scores"]) if score >= threshold]
+                           for d in detections]}
+
+
+TASK = Task(TASKS["coco"], datasets, build_head, detection_loss, collate, evaluate, pictures,
+            class_names=class_names, num_classes=lambda names: len(names) + 1,  # + background
+            adapter=lambda model: model.backbone.body, check_frames=lambda model, frames: None,
+            shared_predict=detect, summarise=summarise)
