@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from frozenrep.tasks import get_task
     from frozenrep.runtime import set_threads
+    from frozenrep.tasks import get_task
 
     set_threads(1)  # one thread per worker, as the loader workers of a training job get
     rates = step_rates(args.step_rates)

@@ -32,13 +32,13 @@ def build(size: str, device):
     """The shared model (three heads on one frozen body) at a size's settings, and its frames."""
     import torch
 
-    from frozenrep.checkpoints import create_model, load_registry
     from frozenrep.backbones import features_from_model
-    from frozenrep.heads.coco import DetectionHeadConfig, build_mask_rcnn
+    from frozenrep.checkpoints import create_model, load_registry
+    from frozenrep.config import config_from
     from frozenrep.heads.ade20k import Mask2FormerSegmenter, SegmentationHeadConfig
+    from frozenrep.heads.coco import DetectionHeadConfig, build_mask_rcnn
     from frozenrep.heads.k400 import VideoClassifier, VideoHeadConfig
     from frozenrep.multitask import SharedBackbone, adapter_of
-    from frozenrep.config import config_from
 
     spec, profile = SIZES[size], _profile(size)
     entry = load_registry(Path(__file__).resolve().parents[1] / "params" / "checkpoints.yaml")[spec["backbone"]]

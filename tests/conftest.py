@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from frozenrep.config import config_from
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from frozenrep.config import config_from
 
 REPO = Path(__file__).resolve().parents[1]
 

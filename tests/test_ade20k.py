@@ -10,9 +10,9 @@ from PIL import Image
 
 from frozenrep.config import config_from
 from frozenrep.data import ade20k
-from frozenrep.synthetic import ade20k as synthetic_ade20k
-from frozenrep.data.ade20k import ADE20KSegmentation, IGNORE_INDEX, mask_path
+from frozenrep.data.ade20k import IGNORE_INDEX, ADE20KSegmentation, mask_path
 from frozenrep.evaluation.ade20k import confusion_matrix, metrics_from_confusion
+from frozenrep.synthetic import ade20k as synthetic_ade20k
 
 
 def gen(root, seed=0, num_classes=4):

@@ -3,8 +3,8 @@
 import timm
 import torch
 
-from frozenrep.config import config_from
 from frozenrep.backbones import BackboneAdapter, build_backbone, trainable_state_dict
+from frozenrep.config import config_from
 from frozenrep.data.coco import collate
 from frozenrep.heads.coco import detection_loss
 from frozenrep.training import TrainConfig, train

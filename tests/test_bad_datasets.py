@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 from frozenrep.data import ade20k, coco, k400
-from frozenrep.synthetic import ade20k as synthetic_ade20k, k400 as synthetic_k400
 from frozenrep.data.ade20k import ADE20KSegmentation, mask_path
 from frozenrep.data.coco import CocoDetection, DatasetError
 from frozenrep.data.k400 import KineticsIndex, annotation_csv, class_names, read_csv, video_path
+from frozenrep.synthetic import ade20k as synthetic_ade20k
+from frozenrep.synthetic import k400 as synthetic_k400
 
 
 @pytest.fixture(scope="module")

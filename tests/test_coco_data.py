@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from frozenrep.data import coco
-from frozenrep.synthetic import coco as synthetic_coco
 from frozenrep.data.coco import CocoDetection
+from frozenrep.synthetic import coco as synthetic_coco
 
 
 def tree_digest(root):

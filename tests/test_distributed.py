@@ -16,9 +16,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
+from workspace import REPO, job_spec
 
 from frozenrep.tasks import TASK_NAMES
-from workspace import REPO, job_spec
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 

@@ -8,14 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from workspace import REPO, job_spec, make_workspace, snakemake
 
 from frozenrep.tasks import TASK_NAMES
-from workspace import REPO, job_spec, make_workspace, snakemake
 
 PYTHON = sys.executable
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from frozenrep.config import config_from
 from frozenrep.backbones import build_backbone
+from frozenrep.config import config_from
 from frozenrep.data.coco import CocoDetection, collate
 from frozenrep.evaluation.coco import evaluate_detection
 from frozenrep.feature_cache import FeatureCache, FingerprintWeights, fingerprints

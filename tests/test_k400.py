@@ -8,11 +8,18 @@ import torch
 
 from frozenrep.config import config_from
 from frozenrep.data import k400
-from frozenrep.synthetic import k400 as synthetic_k400
-from frozenrep.data.k400 import (KineticsClips, KineticsIndex, annotation_csv, class_names, multiview_clips,
-                                     read_csv, video_path)
+from frozenrep.data.k400 import (
+    KineticsClips,
+    KineticsIndex,
+    annotation_csv,
+    class_names,
+    multiview_clips,
+    read_csv,
+    video_path,
+)
 from frozenrep.evaluation.k400 import evaluate_video, topk_accuracy
 from frozenrep.heads.k400 import VideoClassifier, VideoHeadConfig
+from frozenrep.synthetic import k400 as synthetic_k400
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import TINY_HEAD
-from frozenrep.config import config_from
+
 from frozenrep.backbones import build_backbone
-from frozenrep.heads.coco import DetectionHeadConfig, build_mask_rcnn
+from frozenrep.config import config_from
 from frozenrep.heads.ade20k import Mask2FormerSegmenter, SegmentationHeadConfig
+from frozenrep.heads.coco import DetectionHeadConfig, build_mask_rcnn
 from frozenrep.heads.k400 import VideoClassifier, VideoHeadConfig
 from frozenrep.multitask import MultiTaskError, SharedBackbone, adapter_of
 

@@ -6,13 +6,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from workspace import REPO
 
 from frozenrep.backbones import build_backbone
 from frozenrep.checkpoints import load_registry, read_state_dict
 from frozenrep.local_backbones import create_local_backbone
 from frozenrep.pretraining import PretrainingError, Recipe, SimMIM, build_pretrainer, supervised_loss
 from frozenrep.synthetic.images import ImageSetConfig, LabelledImages, class_catalogue, collate
-from workspace import REPO
 
 REGISTRY = load_registry(REPO / "params" / "checkpoints.yaml")
 PRETRAINED = ("tiny-swin-supervised", "tiny-swin-supervised-large", "tiny-swin-simmim")

@@ -5,9 +5,9 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 

@@ -81,7 +81,8 @@ def test_detection_pictures_draw_the_predicted_box_in_its_class_colour(tiny_coco
     from PIL import Image
 
     from frozenrep.data.coco import CocoDetection
-    from frozenrep.pictures import detection_pictures, palette
+    from frozenrep.pictures import palette
+    from frozenrep.tasks.coco import detection_pictures
 
     dataset = CocoDetection(tiny_coco, "val", train=False)
     image_id = dataset.ids[0]

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from frozenrep.config import config_from
 from frozenrep.backbones import trainable_state_dict
+from frozenrep.config import config_from
 from frozenrep.data.coco import CocoDetection, collate
 from frozenrep.heads.coco import detection_loss
 from frozenrep.training import ResumableBatchSampler, TrainConfig, TrainingError, lr_factor, train

@@ -1,17 +1,16 @@
-"""Pictures of a run for people: its training curve, and a few validation samples with predictions.
+"""Pictures of a run for people: its training curve, and the drawing tools of the prediction
+pictures each task's ``pictures`` makes (frozenrep/tasks/<task>.py).
 
 Every picture is a PNG written atomically. Prediction pictures put the ground truth (left) next
-to the prediction (right): COCO boxes and masks, ADE20K class overlays, K400 frames captioned with
-the true and the predicted class. They are drawn with torchvision's drawing utilities, scaled up
+to the prediction (right): boxes and masks, class overlays, frames captioned with the true and
+the predicted class. They are drawn with torchvision's drawing utilities, scaled up
 (nearest neighbour) so that the embedded default's 64-128 px samples stay readable.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -79,36 +78,6 @@ def draw_instances(image: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor
     return draw_bounding_boxes(image, boxes, labels=labels, colors=colours, width=2)
 
 
-def detection_pictures(dataset: Any, results: list[dict[str, Any]], out_dir: Path, count: int,
-                       max_detections: int = 5) -> list[Path]:
-    """The first ``count`` validation images: ground-truth instances, then the ``max_detections``
-    highest-scoring predicted ones (from the COCO result records that were scored)."""
-    from pycocotools import mask as mask_utils
-
-    names = {cid: cat["name"] for cid, cat in dataset.coco.cats.items()}
-    colour_of = dict(zip(sorted(names), palette(len(names))))
-    written = []
-    for index in range(min(count, len(dataset))):
-        image, target = dataset[index]
-        image_id = target["image_id"]
-        factor = upscale_factor(*image.shape[-2:])
-        base = upscale(to_uint8(image), factor)
-        truth_ids = [dataset.category_of[int(k)] for k in target["labels"]]
-        truth = draw_instances(base, target["boxes"] * factor, upscale(target["masks"], factor),
-                               [names[c] for c in truth_ids], [colour_of[c] for c in truth_ids])
-        mine = sorted((r for r in results if r["image_id"] == image_id), key=lambda r: -r["score"])[:max_detections]
-        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in mine)],
-                             dtype=torch.float32).reshape(-1, 4) * factor
-        masks = None
-        if mine and all("segmentation" in r for r in mine):
-            masks = upscale(torch.from_numpy(np.stack([mask_utils.decode(r["segmentation"]) for r in mine])), factor)
-        predicted = draw_instances(base, boxes, masks, [f"{names[r['category_id']]} {r['score']:.2f}" for r in mine],
-                                   [colour_of[r["category_id"]] for r in mine])
-        sheet = captioned([("ground truth", truth), (f"top {len(mine)} predictions", predicted)])
-        written.append(save_png(sheet, out_dir / f"{index:02d}-image{image_id}.png"))
-    return written
-
-
 def class_overlay(image: torch.Tensor, labels: torch.Tensor, colours: list[tuple[int, int, int]],
                   ignore_index: int = 255) -> torch.Tensor:
     """Each class's pixels tinted with its colour (alpha 0.55); ignored pixels left as they are."""
@@ -119,46 +88,6 @@ def class_overlay(image: torch.Tensor, labels: torch.Tensor, colours: list[tuple
         return image
     masks = torch.stack([labels == k for k in present])
     return draw_segmentation_masks(image, masks, alpha=0.55, colors=[colours[k] for k in present])
-
-
-def segmentation_pictures(model: torch.nn.Module, dataset: Any, out_dir: Path, count: int, device: torch.device,
-                          **predict_options: Any) -> list[Path]:
-    """The first ``count`` validation images: the true class map, then the predicted one, as overlays."""
-    from frozenrep.heads.ade20k import predict
-
-    colours = palette(dataset.num_classes)
-    written = []
-    model.eval()
-    with torch.no_grad():
-        for index in range(min(count, len(dataset))):
-            image, labels = dataset[index]
-            pred = predict(model, image.to(device), **predict_options).cpu()
-            factor = upscale_factor(*image.shape[-2:])
-            base = upscale(to_uint8(image), factor)
-            panels = [("image", base), ("ground truth", class_overlay(base, upscale(labels, factor), colours)),
-                      ("prediction", class_overlay(base, upscale(pred, factor), colours))]
-            written.append(save_png(captioned(panels), out_dir / f"{index:02d}-{dataset.stems[index]}.png"))
-    return written
-
-
-def video_pictures(index: Any, scores: torch.Tensor, clips: Iterable[tuple[int, int, torch.Tensor]], out_dir: Path,
-                   frames: int = 4) -> list[Path]:
-    """One strip per video of ``clips`` (``(video index, label, views)``, as from multiview_clips):
-    ``frames`` evenly spaced frames of its first view, captioned with the true class and the
-    predicted one (the arg-max of the video's pooled ``scores``, with its probability)."""
-    written = []
-    for video, label, views in clips:
-        clip = views[0]                                   # (C, T, H, W) in [0, 1]
-        steps = np.linspace(0, clip.shape[1] - 1, frames).round().astype(int)
-        factor = upscale_factor(*clip.shape[-2:]) // 2 or 1
-        strip = torch.cat([upscale(to_uint8(clip[:, t]), factor) for t in steps], dim=-1)
-        probability, predicted = scores[video].max(0)
-        verdict = "right" if int(predicted) == label else "wrong"
-        caption = (f"true: {index.classes[label]}   predicted: {index.classes[int(predicted)]} "
-                   f"({float(probability):.2f}, {verdict})   frames {', '.join(map(str, steps))}")
-        name = Path(index.videos[video][0]).stem
-        written.append(save_png(captioned([(caption, strip)]), out_dir / f"{video:02d}-{name}.png"))
-    return written
 
 
 def plot_curve(curve: list[dict[str, float]], out: Path, title: str = "") -> Path:

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from frozenrep.runtime import shard, sum_over_ranks
 from frozenrep.progress import Progress
+from frozenrep.runtime import shard, sum_over_ranks
 
 IGNORE_INDEX = 255
 

@@ -13,8 +13,8 @@ from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader, Subset
 
 from frozenrep.data.coco import CocoDetection, collate
-from frozenrep.runtime import gather, shard
 from frozenrep.progress import Progress
+from frozenrep.runtime import gather, shard
 
 # COCOeval.stats indices -> our metric names (AP in percent, as papers report it)
 STAT_NAMES = {0: "ap", 1: "ap50", 2: "ap75", 3: "ap_small", 4: "ap_medium", 5: "ap_large"}

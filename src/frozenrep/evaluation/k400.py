@@ -6,8 +6,8 @@ from typing import Any, Iterable
 
 import torch
 
-from frozenrep.runtime import gather
 from frozenrep.progress import Progress
+from frozenrep.runtime import gather
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:

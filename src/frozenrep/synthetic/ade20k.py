@@ -12,37 +12,7 @@ from PIL import Image, ImageDraw
 from frozenrep.data.ade20k import OBJECT_INFO, SPLIT_DIRS, image_path, mask_path
 from frozenrep.io import write_text_atomic
 from frozenrep.progress import Progress
-from frozenrep.synthetic.shapes import SHAPES, background, shape_polygon
-
-
-TEXTURES = ("h-stripes", "v-stripes", "diagonal", "checker", "dots", "rings", "crosshatch", "grain")
-
-
-def texture_pattern(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    period = 8.0  # one scale for every class: the pattern, not its size, tells classes apart
-    phase = rng.uniform(0, period)
-    if kind == "h-stripes":
-        pattern = ((yy + phase) % period) < period / 2
-    elif kind == "v-stripes":
-        pattern = ((xx + phase) % period) < period / 2
-    elif kind == "diagonal":
-        pattern = ((xx + yy + phase) % period) < period / 2
-    elif kind == "checker":
-        pattern = (((xx + phase) // (period / 2)) + ((yy + phase) // (period / 2))) % 2 == 0
-    elif kind == "dots":
-        pattern = (((xx + phase) % period) - period / 2) ** 2 + (((yy + phase) % period) - period / 2) ** 2 < (period / 3.5) ** 2
-    elif kind == "rings":
-        cx, cy = rng.uniform(0, size, 2)
-        pattern = (np.hypot(xx - cx, yy - cy) % period) < period / 2
-    elif kind == "crosshatch":
-        pattern = (((xx + phase) % period) < period / 4) | (((yy + phase) % period) < period / 4)
-    elif kind == "grain":
-        pattern = rng.random((size, size)) < 0.5
-    else:
-        raise ValueError(f"unknown texture {kind!r}")
-    c0 = rng.uniform(0, 255, 3)  # random colours, always in high contrast
-    return np.where(pattern[..., None], c0, 255 - c0).astype(np.uint8)
+from frozenrep.synthetic.shapes import SHAPES, TEXTURES, background, shape_polygon, texture_pattern
 
 
 def generate(root: str | Path, *, num_train: int, num_val: int, image_size: int, num_classes: int,

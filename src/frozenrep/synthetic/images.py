@@ -18,11 +18,9 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from frozenrep.randomness import seeded_rng
 from frozenrep.progress import Progress
-from frozenrep.synthetic.ade20k import TEXTURES, texture_pattern
-from frozenrep.synthetic.shapes import SHAPES, background, shape_polygon
-
+from frozenrep.randomness import seeded_rng
+from frozenrep.synthetic.shapes import SHAPES, TEXTURES, background, shape_polygon, texture_pattern
 
 # Colour families of the objects' patterns (lightness varies too); not part of the class.
 COLOURS: dict[str, tuple[float, float, float]] = {

@@ -15,7 +15,6 @@ from frozenrep.io import write_text_atomic
 from frozenrep.progress import Progress
 from frozenrep.synthetic.shapes import SHAPES, shape_polygon
 
-
 MOTIONS: dict[str, tuple[float, float]] = {
     "moving left": (-0.3, 0.0), "moving right": (0.3, 0.0), "moving up": (0.0, -0.3), "moving down": (0.0, 0.3),
     "moving left fast": (-0.45, 0.0), "moving right fast": (0.45, 0.0),

@@ -1,7 +1,8 @@
-"""Procedural scenes of coloured shapes, the raw material of every generated dataset.
+"""Procedural shapes, textures and scenes, the raw material of every generated dataset.
 
-The class of an object is its shape; colour, size, rotation and background vary at random, so a
-model has to see shape, not colour, to tell classes apart.
+The class of an object is its shape (COCO, K400's actor) or its texture (ADE20K's regions), both
+together for the pretraining image sets; colour, size, rotation and background vary at random, so
+a model has to see shape and pattern, not colour, to tell classes apart.
 """
 
 from __future__ import annotations
@@ -83,3 +84,34 @@ def draw_scene(rng: np.random.Generator, size: int, num_objects: int, num_catego
         shapes.append(PlacedShape(category, [round(v, 2) for p in verts for v in p],
                                   (round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2))))
     return image, shapes
+
+
+TEXTURES = ("h-stripes", "v-stripes", "diagonal", "checker", "dots", "rings", "crosshatch", "grain")
+
+
+def texture_pattern(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``size`` square of texture ``kind`` in two random, high-contrast colours."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    period = 8.0  # one scale for every class: the pattern, not its size, tells classes apart
+    phase = rng.uniform(0, period)
+    if kind == "h-stripes":
+        pattern = ((yy + phase) % period) < period / 2
+    elif kind == "v-stripes":
+        pattern = ((xx + phase) % period) < period / 2
+    elif kind == "diagonal":
+        pattern = ((xx + yy + phase) % period) < period / 2
+    elif kind == "checker":
+        pattern = (((xx + phase) // (period / 2)) + ((yy + phase) // (period / 2))) % 2 == 0
+    elif kind == "dots":
+        pattern = (((xx + phase) % period) - period / 2) ** 2 + (((yy + phase) % period) - period / 2) ** 2 < (period / 3.5) ** 2
+    elif kind == "rings":
+        cx, cy = rng.uniform(0, size, 2)
+        pattern = (np.hypot(xx - cx, yy - cy) % period) < period / 2
+    elif kind == "crosshatch":
+        pattern = (((xx + phase) % period) < period / 4) | (((yy + phase) % period) < period / 4)
+    elif kind == "grain":
+        pattern = rng.random((size, size)) < 0.5
+    else:
+        raise ValueError(f"unknown texture {kind!r}")
+    c0 = rng.uniform(0, 255, 3)  # random colours, always in high contrast
+    return np.where(pattern[..., None], c0, 255 - c0).astype(np.uint8)

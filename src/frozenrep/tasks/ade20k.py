@@ -14,6 +14,7 @@ from frozenrep.config import config_from
 from frozenrep.data.ade20k import ADE20KSegmentation, collate, read_class_names
 from frozenrep.evaluation.ade20k import evaluate_segmentation
 from frozenrep.heads.ade20k import Mask2FormerSegmenter, SegmentationHeadConfig, segmentation_loss
+from frozenrep.pictures import captioned, class_overlay, palette, save_png, to_uint8, upscale, upscale_factor
 from frozenrep.tasks import TASKS, Task
 
 
@@ -41,8 +42,6 @@ def evaluate(model: nn.Module, val_set: ADE20KSegmentation, cfg: dict, device: t
 
 def pictures(model: nn.Module, val_set: ADE20KSegmentation, cfg: dict, device: torch.device, _: Any, out: Path,
              count: int) -> list[Path]:
-    from frozenrep.pictures import segmentation_pictures
-
     return segmentation_pictures(model, val_set, out, count, device, **predict_options(cfg))
 
 
@@ -56,6 +55,26 @@ def summarise(segmentation: torch.Tensor, names: list[str], threshold: float) ->
     counts = torch.bincount(segmentation.flatten(), minlength=len(names))
     return {"segmentation_shares": {names[k]: round(float(c) / segmentation.numel(), 4)
                                     for k, c in enumerate(counts.tolist()) if c}}
+
+
+def segmentation_pictures(model: torch.nn.Module, dataset: Any, out_dir: Path, count: int, device: torch.device,
+                          **predict_options: Any) -> list[Path]:
+    """The first ``count`` validation images: the true class map, then the predicted one, as overlays."""
+    from frozenrep.heads.ade20k import predict
+
+    colours = palette(dataset.num_classes)
+    written = []
+    model.eval()
+    with torch.no_grad():
+        for index in range(min(count, len(dataset))):
+            image, labels = dataset[index]
+            pred = predict(model, image.to(device), **predict_options).cpu()
+            factor = upscale_factor(*image.shape[-2:])
+            base = upscale(to_uint8(image), factor)
+            panels = [("image", base), ("ground truth", class_overlay(base, upscale(labels, factor), colours)),
+                      ("prediction", class_overlay(base, upscale(pred, factor), colours))]
+            written.append(save_png(captioned(panels), out_dir / f"{index:02d}-{dataset.stems[index]}.png"))
+    return written
 
 
 TASK = Task(TASKS["ade20k"], datasets, build_head, segmentation_loss, collate, evaluate, pictures,

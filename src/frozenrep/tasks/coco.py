@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -15,6 +16,7 @@ from frozenrep.config import config_from
 from frozenrep.data.coco import CocoDetection, annotation_file, collate
 from frozenrep.evaluation.coco import evaluate_detection
 from frozenrep.heads.coco import DetectionHeadConfig, build_mask_rcnn, detection_loss
+from frozenrep.pictures import captioned, draw_instances, palette, save_png, to_uint8, upscale, upscale_factor
 from frozenrep.tasks import TASKS, Task
 
 
@@ -33,8 +35,6 @@ def evaluate(model: nn.Module, val_set: CocoDetection, cfg: dict, device: torch.
 
 def pictures(model: nn.Module, val_set: CocoDetection, cfg: dict, device: torch.device, results: Any, out: Path,
              count: int) -> list[Path]:
-    from frozenrep.pictures import detection_pictures
-
     return detection_pictures(val_set, results, out, count)
 
 
@@ -63,6 +63,36 @@ def summarise(detections: list[dict[str, torch.Tensor]], names: list[str], thres
                              "box_xyxy": [round(float(v), 1) for v in box]}
                             for box, label, score in zip(d["boxes"], d["labels"], d["scores"]) if score >= threshold]
                            for d in detections]}
+
+
+def detection_pictures(dataset: Any, results: list[dict[str, Any]], out_dir: Path, count: int,
+                       max_detections: int = 5) -> list[Path]:
+    """The first ``count`` validation images: ground-truth instances, then the ``max_detections``
+    highest-scoring predicted ones (from the COCO result records that were scored)."""
+    from pycocotools import mask as mask_utils
+
+    names = {cid: cat["name"] for cid, cat in dataset.coco.cats.items()}
+    colour_of = dict(zip(sorted(names), palette(len(names))))
+    written = []
+    for index in range(min(count, len(dataset))):
+        image, target = dataset[index]
+        image_id = target["image_id"]
+        factor = upscale_factor(*image.shape[-2:])
+        base = upscale(to_uint8(image), factor)
+        truth_ids = [dataset.category_of[int(k)] for k in target["labels"]]
+        truth = draw_instances(base, target["boxes"] * factor, upscale(target["masks"], factor),
+                               [names[c] for c in truth_ids], [colour_of[c] for c in truth_ids])
+        mine = sorted((r for r in results if r["image_id"] == image_id), key=lambda r: -r["score"])[:max_detections]
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in mine)],
+                             dtype=torch.float32).reshape(-1, 4) * factor
+        masks = None
+        if mine and all("segmentation" in r for r in mine):
+            masks = upscale(torch.from_numpy(np.stack([mask_utils.decode(r["segmentation"]) for r in mine])), factor)
+        predicted = draw_instances(base, boxes, masks, [f"{names[r['category_id']]} {r['score']:.2f}" for r in mine],
+                                   [colour_of[r["category_id"]] for r in mine])
+        sheet = captioned([("ground truth", truth), (f"top {len(mine)} predictions", predicted)])
+        written.append(save_png(sheet, out_dir / f"{index:02d}-image{image_id}.png"))
+    return written
 
 
 TASK = Task(TASKS["coco"], datasets, build_head, detection_loss, collate, evaluate, pictures,

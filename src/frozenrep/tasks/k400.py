@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -14,6 +15,7 @@ from frozenrep.config import config_from
 from frozenrep.data.k400 import KineticsClips, KineticsIndex, class_names, collate, multiview_clips
 from frozenrep.evaluation.k400 import evaluate_video
 from frozenrep.heads.k400 import VideoClassifier, VideoHeadConfig, video_loss
+from frozenrep.pictures import captioned, save_png, to_uint8, upscale, upscale_factor
 from frozenrep.runtime import shard
 from frozenrep.tasks import TASKS, Task
 
@@ -49,8 +51,6 @@ def evaluate(model: nn.Module, val_index: KineticsIndex, cfg: dict, device: torc
 
 def pictures(model: nn.Module, val_index: KineticsIndex, cfg: dict, device: torch.device, scores: Any, out: Path,
              count: int) -> list[Path]:
-    from frozenrep.pictures import video_pictures
-
     first = range(min(count, len(val_index)))  # one centre view of each: the frames shown
     return video_pictures(val_index, scores, views_of(val_index, cfg, first, 1, 1), out)
 
@@ -65,6 +65,26 @@ def summarise(probabilities: torch.Tensor, names: list[str], threshold: float) -
     top = probabilities.topk(min(5, probabilities.numel()))
     return {"video_top5": [{"class": names[int(i)], "probability": round(float(p), 4)}
                            for p, i in zip(top.values, top.indices)]}
+
+
+def video_pictures(index: Any, scores: torch.Tensor, clips: Iterable[tuple[int, int, torch.Tensor]], out_dir: Path,
+                   frames: int = 4) -> list[Path]:
+    """One strip per video of ``clips`` (``(video index, label, views)``, as from multiview_clips):
+    ``frames`` evenly spaced frames of its first view, captioned with the true class and the
+    predicted one (the arg-max of the video's pooled ``scores``, with its probability)."""
+    written = []
+    for video, label, views in clips:
+        clip = views[0]                                   # (C, T, H, W) in [0, 1]
+        steps = np.linspace(0, clip.shape[1] - 1, frames).round().astype(int)
+        factor = upscale_factor(*clip.shape[-2:]) // 2 or 1
+        strip = torch.cat([upscale(to_uint8(clip[:, t]), factor) for t in steps], dim=-1)
+        probability, predicted = scores[video].max(0)
+        verdict = "right" if int(predicted) == label else "wrong"
+        caption = (f"true: {index.classes[label]}   predicted: {index.classes[int(predicted)]} "
+                   f"({float(probability):.2f}, {verdict})   frames {', '.join(map(str, steps))}")
+        name = Path(index.videos[video][0]).stem
+        written.append(save_png(captioned([(caption, strip)]), out_dir / f"{video:02d}-{name}.png"))
+    return written
 
 
 TASK = Task(TASKS["k400"], datasets, build_head, video_loss, collate, evaluate, pictures,
