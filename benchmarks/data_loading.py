@@ -30,10 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from heads import environment, save_report  # noqa: E402
+from heads import TASK_NAMES as TASKS, environment, save_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = ("coco", "ade20k", "k400")
 # Generated sets standing in for the real datasets at their usual sizes (paper): what a loader
 # worker decodes and transforms per sample is what it would do on COCO, ADE20K and Kinetics.
 PAPER_DATA = {

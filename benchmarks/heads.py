@@ -36,6 +36,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import environment, save_report  # noqa: E402,F401 (the other benchmarks import them from here too)
+from frozenrep.runtime import pick_device as _device  # noqa: E402
+from frozenrep.tasks import TASK_NAMES  # noqa: E402
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s (without sparsity).
 PEAK_BF16_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0,
@@ -60,14 +65,6 @@ SIZES = {
         "profile": "params/default.yaml",
     },
 }
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def _profile(size: str) -> dict:
@@ -289,35 +286,10 @@ def _in_child(kind: str, **kwargs) -> dict:
     return result
 
 
-def save_report(out: Path | None, report: dict, quiet: bool = False) -> None:
-    """Write the report as JSON, atomically, when ``out`` is given (also part-way: a run cut short
-    by a time limit keeps what it measured)."""
-    if out:
-        from frozenrep.io import write_text_atomic
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out, json.dumps(report, indent=2) + "\n")
-        if not quiet:
-            print(f"wrote {out}")
-
-
-def environment(device_name: str) -> dict:
-    import timm
-    import torch
-    import torchvision
-    import transformers
-
-    device = _device(device_name)
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "timm": timm.__version__, "transformers": transformers.__version__,
-            "cuda": torch.version.cuda, "host": platform.node(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["default"])
-    parser.add_argument("--tasks", nargs="*", choices=["coco", "ade20k", "k400"], default=["coco", "ade20k", "k400"],
+    parser.add_argument("--tasks", nargs="*", choices=TASK_NAMES, default=list(TASK_NAMES),
                         help="task heads whose steps are timed (none: the backbone forward alone)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu or cuda[:N]")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration (median reported)")

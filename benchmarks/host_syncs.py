@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from heads import SIZES, _model_and_batch, environment, save_report, train_config  # noqa: E402
+from heads import SIZES, TASK_NAMES, _model_and_batch, environment, save_report, train_config  # noqa: E402
 
 # The paper's model (Swin-B, the paper profile's heads and per-GPU batches) at inputs small enough
 # for the CPU: what a step dispatches depends on the model and the batch, not on the image size.
@@ -199,7 +199,7 @@ def count_step(task: str, size: str, mode: str, steps: int = 2) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", choices=["coco", "ade20k", "k400"], default=["coco", "ade20k", "k400"])
+    parser.add_argument("--tasks", nargs="+", choices=TASK_NAMES, default=list(TASK_NAMES))
     parser.add_argument("--modes", nargs="+", choices=["frozen", "finetune"], default=["frozen", "finetune"])
     parser.add_argument("--sizes", nargs="+", choices=["default", "counts"], default=["counts"],
                         help="counts: the paper's model and per-GPU batches at small inputs (what is counted does "

@@ -51,3 +51,46 @@ def test_bad_profile_is_rejected_before_any_job(workspace, change, expected):
     output = result.stdout + result.stderr
     assert re.search(expected, output), output[-3000:]
     assert not (workspace / "data").exists() and not (workspace / "checkpoints").exists()
+
+
+def test_every_config_dataclass_takes_its_defaults_from_the_schema():
+    """The schema is the one place of defaults: each head and training key has one there, and the
+    dataclasses have none of their own (a key left out of a section is the schema's value)."""
+    import dataclasses
+
+    from frozenrep.config import config_from, schema_defaults
+    from frozenrep.heads.ade20k import SegmentationHeadConfig
+    from frozenrep.heads.coco import DetectionHeadConfig
+    from frozenrep.heads.k400 import VideoHeadConfig
+    from frozenrep.training import TrainConfig
+
+    for cls, section in ((DetectionHeadConfig, "coco.head"), (SegmentationHeadConfig, "ade20k.head"),
+                         (VideoHeadConfig, "k400.head"), (TrainConfig, "k400.train")):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(schema_defaults(section)) == set(fields), section
+        assert all(f.default is dataclasses.MISSING for f in fields.values()), f"{cls.__name__} has own defaults"
+    head = config_from(VideoHeadConfig, {"depth": 3}, "k400.head")
+    assert head.depth == 3 and head.num_frames == schema_defaults("k400.head")["num_frames"]
+    with pytest.raises(KeyError, match=r"k400.head: unknown key\(s\) \['frames'\]"):
+        config_from(VideoHeadConfig, {"frames": 8}, "k400.head")
+
+
+def test_job_spec_is_built_once_and_travels_as_json():
+    from frozenrep.checkpoints import load_registry
+    from frozenrep.config import JobSpec, job_spec
+    from workspace import REPO, resolved_profile
+
+    config = resolved_profile()
+    registry = load_registry(REPO / "params" / "checkpoints.yaml")
+    spec = job_spec(config, registry, "coco", "tiny-swin-none", "frozen", "0", rung="heavy", table="table2")
+    assert spec.seed == 0 and spec.entry == registry["tiny-swin-none"] and spec.rung == "heavy"
+    assert spec.task_config["head"] == {**config["coco"]["head"], **next(
+        r["head"] for r in config["table2"]["rungs"]["coco"] if r["name"] == "heavy")}
+    assert "resources" not in spec.task_config
+    again = JobSpec.from_json(spec.to_json())
+    assert again == spec and again.to_json() == spec.to_json()
+    # the tracking store does not change what a job computes; the head settings do
+    moved = job_spec(config, registry, "coco", "tiny-swin-none", "frozen", 0, rung="heavy", table="table2",
+                     tracking={"uri": "sqlite:///elsewhere.db"})
+    assert moved.fingerprint("abc") == spec.fingerprint("abc")
+    assert job_spec(config, registry, "coco", "tiny-swin-none", "frozen", 0).fingerprint("abc") != spec.fingerprint("abc")

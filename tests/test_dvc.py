@@ -12,6 +12,8 @@ import shutil
 import pytest
 import yaml
 
+from frozenrep.tasks import TASK_NAMES
+
 from workspace import dvc, git, make_dvc_workspace, snakemake
 
 pytestmark = pytest.mark.workflow
@@ -138,11 +140,14 @@ def test_each_profile_is_one_switch_away_and_declares_real_keys(tmp_path, profil
         stages = {stage.name: stage for stage in repo.index.stages}
         assert {name: stage.cmd for name, stage in stages.items()} == {
             **{f"dataset@{d}": f"snakemake --cores all --configfile={profile} data/{d}.manifest.json"
-               for d in ("coco", "ade20k", "k400")},
+               for d in TASK_NAMES},
             "checkpoints": f"snakemake --cores all --configfile={profile} all_checkpoints",
             "study": f"snakemake --cores all --configfile={profile} {' '.join(TABLES)}"}
         config = yaml.safe_load((ws / profile).read_text())
         for name, stage in stages.items():
+            code = [dep.def_path for dep in stage.deps if not hasattr(dep, "params")
+                    and dep.def_path.split("/")[0] in ("src", "rules", "workflow_scripts", "params")]
+            assert code and all((ws / path).exists() for path in code), f"{name}: a dependency does not exist: {code}"
             keys = [key for dep in stage.deps if hasattr(dep, "params") and dep.def_path == profile
                     for key in dep.params]
             assert keys, f"{name} declares no parameter of {profile}"
