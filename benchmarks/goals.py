@@ -1,4 +1,4 @@
-"""Issue 9's goals against benchmark results: each goal, the figure measured, met or not.
+"""The frozen setting's performance goals against benchmark results: each goal, the figure measured, met or not.
 
 Reads the JSON files that ``heads.py``, ``feature_cache.py`` and ``dag.py`` write (given in any
 order; the kind of each is told from its contents) and prints one line per goal. GPU goals are
@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-# The goals of issue 9: (key, what, bound, direction); "max": measured <= bound, "min": >= bound.
+# The goals: (key, what, bound, direction); "max": measured <= bound, "min": >= bound.
 STEP_TIME = ("coco_step_time_ratio", "frozen/fine-tune step time, Swin-B Mask R-CNN at 1024 (GPU)", 0.45, "max")
 PEAK_MEM = ("coco_peak_mem_ratio", "frozen/fine-tune peak memory, Swin-B Mask R-CNN at 1024 (GPU)", 0.40, "max")
 FORWARD = ("backbone_fraction_of_peak", "frozen backbone forward, fraction of the bf16 peak (GPU)", 0.40, "min")

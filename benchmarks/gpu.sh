@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 9's GPU figures in one command: the frozen/fine-tune steps, the backbone forward, the
+# The frozen setting's GPU figures in one command: the frozen/fine-tune steps, the backbone forward, the
 # feature cache and the shared multi-task pass at the paper's sizes, then the goals they meet.
 # The frozen backbone is also timed with timm's fused window attention and under torch.compile.
 #

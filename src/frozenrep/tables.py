@@ -19,7 +19,7 @@ from typing import Iterable
 import pandas as pd
 
 from frozenrep.io import atomic_path, write_json_atomic
-from frozenrep.tasks import TASKS, column_of
+from frozenrep.tasks import TASKS, column_name, column_of
 
 KEY_COLUMNS = ["backbone", "pretraining", "mode"]
 TABLE2_KEYS = ["task", "rung", "mode"]
@@ -67,7 +67,7 @@ def load_metrics(paths: Iterable[str | Path], rungs: dict[str, str] | None = Non
         for metric in record["table_metrics"]:
             rows.append({"task": record["task"], "backbone": record["backbone"],
                          "pretraining": record["pretraining"], "mode": record["mode"], "seed": record["seed"],
-                         "column": f"{record['task']}_{metric}", "value": record["metrics"][metric], **extra})
+                         "column": column_name(record["task"], metric), "value": record["metrics"][metric], **extra})
     if not rows:
         raise ValueError("no metric files given")
     return pd.DataFrame(rows)

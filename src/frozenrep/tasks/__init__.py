@@ -38,11 +38,6 @@ class Declaration:
     title: str                           # the task as the tables show it
     metrics: dict[str, str]              # table metrics, in column order: key -> title
     download_keys: tuple[str, ...]       # what datasets.<name>.download must set for `source: download`
-    summary: str                         # one line for the schema, the README and error messages
-
-    def column(self, metric: str) -> str:
-        """The table column of one of the task's metrics: ``<task>_<metric>``."""
-        return f"{self.name}_{metric}"
 
     def module(self, package: str) -> Any:
         """The task's own module in ``package`` (data, synthetic, heads, evaluation, tasks)."""
@@ -50,12 +45,12 @@ class Declaration:
 
 
 DECLARATIONS: tuple[Declaration, ...] = (
-    Declaration("coco", "COCO", {"box_ap": "box AP", "mask_ap": "mask AP"}, ("files",),
-                "COCO 2017 detection and instance segmentation (Mask R-CNN + FPN)"),
-    Declaration("ade20k", "ADE20K", {"miou": "mIoU"}, ("files",),
-                "ADE20K semantic segmentation (Mask2Former)"),
-    Declaration("k400", "K400", {"top1": "top-1"}, ("lists", "annotations"),
-                "Kinetics-400 action recognition (a temporal head on per-frame features)"),
+    # COCO 2017 detection and instance segmentation (Mask R-CNN + FPN): box and mask AP
+    Declaration("coco", "COCO", {"box_ap": "box AP", "mask_ap": "mask AP"}, ("files",)),
+    # ADE20K semantic segmentation (Mask2Former): mIoU
+    Declaration("ade20k", "ADE20K", {"miou": "mIoU"}, ("files",)),
+    # Kinetics-400 action recognition (a temporal head on per-frame features): multi-view top-1
+    Declaration("k400", "K400", {"top1": "top-1"}, ("lists", "annotations")),
 )
 TASKS: dict[str, Declaration] = {d.name: d for d in DECLARATIONS}
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
@@ -69,6 +64,11 @@ def declaration(name: str) -> Declaration:
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}")
     return TASKS[name]
+
+
+def column_name(task: str, metric: str) -> str:
+    """The table column of a task's metric: ``<task>_<metric>``."""
+    return f"{task}_{metric}"
 
 
 def column_of(column: str) -> tuple[Declaration | None, str]:
