@@ -7,8 +7,8 @@ from pathlib import Path
 from frozenrep import paths
 from frozenrep.checkpoints import load_registry
 from frozenrep.config import check_config, is_profile_head, prefer_interpreter, profile_schema
-from frozenrep.tasks import TASK_NAMES
 from frozenrep.config import job_spec as make_job_spec  # the rule's name for it is job_spec
+from frozenrep.tasks import TASK_NAMES
 
 # Jobs' `python` is the interpreter running Snakemake (the project's virtual environment), even
 # when snakemake was started as .venv/bin/snakemake without activating the environment.
@@ -31,7 +31,7 @@ def init_tracking():
 
 def get_final_outputs():
     """What a plain `snakemake` builds: the study's table."""
-    return ["results/table1.csv"]
+    return [paths.table_path("table1")]
 
 
 def profile_backbones():
@@ -175,7 +175,7 @@ def table_options(table):
 
 
 def missing_table(table):
-    raise ValueError(f"the profile has no `{table}` section, so results/{table}.csv cannot be built; "
+    raise ValueError(f"the profile has no `{table}` section, so {paths.table_path(table)} cannot be built; "
                      f"add one (params/default.yaml has an example).")
 
 

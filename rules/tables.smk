@@ -8,11 +8,12 @@ rule table1:
     input:
         metrics=get_table1_inputs,
     output:
-        csv=report("results/table1.csv", caption="report/table1.rst", category="Table 1", labels={"file": "table (csv)"}),
-        json="results/table1.json",
-        md="results/table1.md",
-        png=report("results/table1.png", caption="report/table1-plot.rst", category="Table 1", labels={"file": "chart"}),
+        csv=report(paths.table_path("table1", "csv"), caption="report/table1.rst", category="Table 1", labels={"file": "table (csv)"}),
+        json=paths.table_path("table1", "json"),
+        md=paths.table_path("table1", "md"),
+        png=report(paths.table_path("table1", "png"), caption="report/table1-plot.rst", category="Table 1", labels={"file": "chart"}),
     params:
+        kind="table1",
         options=table_options("table1"),
         study=config["study"],
         tracking=TRACKING,
@@ -25,7 +26,7 @@ rule table1:
     conda:
         "../envs/frozenrep.yaml"
     shell:
-        "python workflow_scripts/make_table.py --kind {rule} --out {output.csv:q} --json {output.json:q}"
+        "python workflow_scripts/make_table.py --kind {params.kind} --out {output.csv:q} --json {output.json:q}"
         " --md {output.md:q} --png {output.png:q} {params.options} --study {params.study:q}"
         " --tracking {params.tracking:q} {input.metrics:q} 2> {log:q}"
 
@@ -34,11 +35,12 @@ use rule table1 as table2 with:
     input:
         metrics=get_table2_inputs,
     output:
-        csv=report("results/table2.csv", caption="report/table2.rst", category="Table 2", labels={"file": "table (csv)"}),
-        json="results/table2.json",
-        md="results/table2.md",
-        png=report("results/table2.png", caption="report/table2-plot.rst", category="Table 2", labels={"file": "chart"}),
+        csv=report(paths.table_path("table2", "csv"), caption="report/table2.rst", category="Table 2", labels={"file": "table (csv)"}),
+        json=paths.table_path("table2", "json"),
+        md=paths.table_path("table2", "md"),
+        png=report(paths.table_path("table2", "png"), caption="report/table2-plot.rst", category="Table 2", labels={"file": "chart"}),
     params:
+        kind="table2",
         options=table_options("table2"),
         study=config["study"],
         tracking=TRACKING,
@@ -50,11 +52,12 @@ use rule table1 as table3 with:
     input:
         metrics=get_table3_inputs,
     output:
-        csv=report("results/table3.csv", caption="report/table3.rst", category="Table 3", labels={"file": "table (csv)"}),
-        json="results/table3.json",
-        md="results/table3.md",
-        png=report("results/table3.png", caption="report/table3-plot.rst", category="Table 3", labels={"file": "chart"}),
+        csv=report(paths.table_path("table3", "csv"), caption="report/table3.rst", category="Table 3", labels={"file": "table (csv)"}),
+        json=paths.table_path("table3", "json"),
+        md=paths.table_path("table3", "md"),
+        png=report(paths.table_path("table3", "png"), caption="report/table3-plot.rst", category="Table 3", labels={"file": "chart"}),
     params:
+        kind="table3",
         options=table_options("table3"),
         study=config["study"],
         tracking=TRACKING,

@@ -10,6 +10,8 @@ seed); its files sit under the same relative path in each folder::
     results/predictions/<job>/         validation samples drawn with the predictions
     logs/{train,evaluate}/<job>.log    the jobs' logs (and logs/benchmark/.../<job>.tsv)
 
+and the tables are ``results/<table>.{csv,json,md,png}``.
+
 where ``<job>`` is ``<task>/<backbone>/<mode>/seed<seed>``, or
 ``heads/<task>/<rung>/<backbone>/<mode>/seed<seed>`` for a rung.
 """
@@ -30,7 +32,7 @@ TRAIN_BENCHMARK = "logs/benchmark/train/{job}.tsv"
 EVALUATE_BENCHMARK = "logs/benchmark/evaluate/{job}.tsv"
 
 MANIFEST = "data/{dataset}.manifest.json"
-TABLE = "results/{table}"  # + .csv, .json, .md, .png
+TABLE = "results/{table}.{ext}"  # ext: csv, json (DVC metrics), md, png
 
 
 def pattern(template: str, rung: bool = False) -> str:
@@ -45,6 +47,11 @@ def job_path(template: str, task: str, backbone: str, mode: str, seed: int | str
 
 def head_path(task: str, backbone: str, mode: str, seed: int | str) -> str:
     return job_path(HEAD, task, backbone, mode, seed)
+
+
+def table_path(table: str, ext: str = "csv") -> str:
+    """One of a table's files: ``results/table1.csv``, ``results/table2.png``, ..."""
+    return TABLE.format(table=table, ext=ext)
 
 
 def manifest_path(dataset: str) -> str:
