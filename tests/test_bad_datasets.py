@@ -124,7 +124,7 @@ def test_ade20k_bad_masks_are_named_or_skipped_and_counted(tmp_path, tiny_ade, h
 
 # Kinetics-400
 
-def test_kinetics_layout_errors_name_the_file(tmp_path, tiny_k400):
+def test_k400_layout_errors_name_the_file(tmp_path, tiny_k400):
     with pytest.raises(DatasetError, match="does not exist. Set datasets.k400.root"):
         k400.verify_layout(tmp_path / "nowhere")
     root = tmp_path / "k400"
@@ -142,7 +142,7 @@ def test_kinetics_layout_errors_name_the_file(tmp_path, tiny_k400):
         k400.verify_layout(root)
 
 
-def corrupt_kinetics(root):
+def corrupt_k400(root):
     """A truncated video, a missing one, a short one, an unknown class folder and csv row."""
     rows = read_csv(annotation_csv(root, "val"))
     truncated = video_path(root, "val", rows[0])
@@ -157,10 +157,10 @@ def corrupt_kinetics(root):
     return truncated, missing, short
 
 
-def test_kinetics_bad_videos_are_counted_listed_or_named(tmp_path, tiny_k400):
+def test_k400_bad_videos_are_counted_listed_or_named(tmp_path, tiny_k400):
     root = tmp_path / "k400"
     shutil.copytree(tiny_k400, root)
-    truncated, missing, short = corrupt_kinetics(root)
+    truncated, missing, short = corrupt_k400(root)
     classes = class_names(root)
     index = KineticsIndex(root, "val", classes, 0.5, on_bad_sample="skip")
     reasons = dict(index.skipped)

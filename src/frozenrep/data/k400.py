@@ -136,7 +136,7 @@ def download(root: str | Path, settings: dict[str, Any], **fetch_kwargs: Any) ->
         (tmp / "videos" / split).mkdir(parents=True, exist_ok=True)
         summary["missing_videos"][split] = missing
         if missing:
-            log.warning("kinetics %s: %d of %d videos in %s are in no archive", split, len(missing),
+            log.warning("k400 %s: %d of %d videos in %s are in no archive", split, len(missing),
                         len(rows_of[split]), annotation_csv(root, split).name)
     shutil.rmtree(raw)
     verify_layout(tmp)
@@ -228,7 +228,7 @@ class KineticsIndex:
             else:
                 self.videos.append((str(path), label_of[row["label"]]))
         if self.bad:
-            log.warning("kinetics %s: %d of %d videos left out (missing, unreadable, short or unknown class)",
+            log.warning("k400 %s: %d of %d videos left out (missing, unreadable, short or unknown class)",
                         split, len(self.bad), len(self.bad) + len(self.videos))
         if not self.videos:
             raise DatasetError(f"no usable video in {folder} (checked {csv_path}).")

@@ -90,7 +90,7 @@ def generate(root: str | Path, *, num_train: int, num_val: int, num_classes: int
     for split_index, (split, count) in enumerate((("train", num_train), ("val", num_val))):
         rng = np.random.default_rng([seed, 200 + split_index])
         rows = []
-        with Progress(count, f"generate kinetics {split}", unit="video") as progress:
+        with Progress(count, f"generate k400 {split}", unit="video") as progress:
             for k in range(count):
                 label = labels[k % num_classes]
                 row = {"label": label, "youtube_id": f"{split[:2]}{seed:02d}{k:07d}", "time_start": "0",
