@@ -111,7 +111,11 @@ def prefer_interpreter(executable: str) -> None:
 
 @functools.cache
 def profile_schema(path: str | Path = SCHEMA_FILE) -> dict[str, Any]:
-    """The profile schema (read once per process)."""
+    """The profile schema (read once per process). The library reads the checkout's schema, so
+    frozenrep is installed editable (``pip install -e .``, as ``make venv`` does)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"the profile schema {path} does not exist: install frozenrep from its checkout with "
+                          "`pip install -e .` (make venv), so that params/schemas/ is beside src/.")
     return yaml.safe_load(Path(path).read_text())
 
 
