@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,11 @@ class Route:
     cut_after: int | None = None   # on the next `cut_times` requests, close after this many bytes
     cut_times: int = 0
     ignore_range: bool = False
+    status: int = 500              # the answer of the fail_times requests (429: with retry_after)
+    retry_after: str | None = None
+    stall_after: int | None = None  # on the next `stall_times` requests, stop sending after this many bytes
+    stall_times: int = 0            # for `stall_seconds`, then close
+    stall_seconds: float = 0.0
     requests: list[str | None] = field(default_factory=list)  # Range header of each request
 
 
@@ -47,7 +53,9 @@ class LoopbackServer:
                 route.requests.append(rng)
                 if route.fail_times > 0:
                     route.fail_times -= 1
-                    self.send_response(500)
+                    self.send_response(route.status)
+                    if route.retry_after is not None:
+                        self.send_header("Retry-After", route.retry_after)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -70,6 +78,13 @@ class LoopbackServer:
                     route.cut_times -= 1
                     self.wfile.write(payload[:route.cut_after])
                     self.wfile.flush()
+                    self.close_connection = True
+                    return
+                if route.stall_times > 0 and route.stall_after is not None:
+                    route.stall_times -= 1
+                    self.wfile.write(payload[:route.stall_after])
+                    self.wfile.flush()
+                    time.sleep(route.stall_seconds)  # the connection stays open, and nothing comes
                     self.close_connection = True
                     return
                 self.wfile.write(payload)

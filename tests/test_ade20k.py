@@ -193,3 +193,17 @@ def test_download_of_the_official_zip_layout(tmp_path, tiny_ade, http_server):
                     backoff=0.01)
     assert ade20k.verify_layout(root)["splits"]["val"]["images"] == 4
     assert not (tmp_path / "data" / "ade20k.tmp").exists()
+
+
+def test_segmentation_metrics_of_a_hand_computed_confusion_matrix():
+    """Six counted pixels and one ignored; class 3 is in neither map, so its IoU is undefined."""
+    target = torch.tensor([0, 0, 0, 1, 1, 2, 255])
+    pred = torch.tensor([0, 0, 1, 1, 2, 2, 1])
+    conf = confusion_matrix(pred, target, 4)
+    assert conf.tolist() == [[2, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    metrics = metrics_from_confusion(conf)
+    # IoU: 2 / (3 + 2 - 2), 1 / (2 + 2 - 1), 1 / (1 + 2 - 1); class accuracy: 2/3, 1/2, 1/1
+    assert metrics["per_class_iou"] == [pytest.approx(66.6667), pytest.approx(33.3333), 50.0, None]
+    assert metrics["miou"] == pytest.approx(50.0)
+    assert metrics["pixel_acc"] == pytest.approx(400 / 6)
+    assert metrics["mean_acc"] == pytest.approx(100 * (2 / 3 + 1 / 2 + 1) / 3)

@@ -2,6 +2,7 @@
 to do, or, where the task allows it (ADE20K/Kinetics ``on_bad_sample: skip``), skipped, counted and listed.
 Nothing here may leave a half-written dataset behind."""
 
+import json
 import shutil
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from frozenrep.data import ade20k, coco, k400
-from frozenrep.data.ade20k import ADE20KSegmentation, mask_path
+from frozenrep.data.ade20k import ADE20KSegmentation, image_path, mask_path
 from frozenrep.data.coco import CocoDetection, DatasetError
 from frozenrep.data.k400 import KineticsIndex, annotation_csv, class_names, read_csv, video_path
 from frozenrep.synthetic import ade20k as synthetic_ade20k
@@ -31,7 +32,8 @@ def tiny_k400(tmp_path_factory):
     return root
 
 
-# COCO: a layout or file problem is an error naming the file; there is no skipping for detection.
+# COCO: a layout, file or record problem is an error naming it; boxes without area and short polygons
+# are left out of the training targets and counted (tests at the end of this module).
 
 def test_coco_layout_errors_name_the_file(tmp_path, tiny_coco):
     with pytest.raises(DatasetError, match="does not exist"):
@@ -101,6 +103,13 @@ def corrupt_ade_mask(root, how):
         victim.unlink()
     elif how == "corrupt":
         victim.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    elif how == "truncated image":  # a cut copy: the JPEG header decodes, the rest is gone
+        victim = image_path(root, "val", ds.stems[1])
+        data = victim.read_bytes()
+        victim.write_bytes(data[:len(data) * 3 // 4])
+    elif how == "image size":  # the image, not the mask, has another size
+        victim = image_path(root, "val", ds.stems[1])
+        Image.new("RGB", (48, 64)).save(victim, quality=95)
     return victim
 
 
@@ -109,8 +118,10 @@ def corrupt_ade_mask(root, how):
     ("label", r"label\(s\) \[200\] outside 0..4"),
     ("missing", r"does not exist"),
     ("corrupt", r"cannot be decoded"),
+    ("truncated image", r"is truncated \(no JPEG end-of-image marker\)"),
+    ("image size", r"is 64x64 but its image .* is 48x64"),
 ])
-def test_ade20k_bad_masks_are_named_or_skipped_and_counted(tmp_path, tiny_ade, how, message):
+def test_ade20k_bad_samples_are_named_or_skipped_and_counted(tmp_path, tiny_ade, how, message):
     root = tmp_path / "ade"
     shutil.copytree(tiny_ade, root)
     victim = corrupt_ade_mask(root, how)
@@ -118,7 +129,7 @@ def test_ade20k_bad_masks_are_named_or_skipped_and_counted(tmp_path, tiny_ade, h
         ADE20KSegmentation(root, "val")
     assert victim.name in str(info.value) and "on_bad_sample: skip" in str(info.value)
     ds = ADE20KSegmentation(root, "val", on_bad_sample="skip")
-    assert len(ds) == 3 and len(ds.skipped) == 1 and ds.skipped[0][0] == str(victim)
+    assert len(ds) == 3 and len(ds.skipped) == 1 and ds.skipped[0][0] == str(mask_path(root, "val", victim.stem))
     assert all(stem != victim.stem for stem in ds.stems)
 
 
@@ -172,3 +183,63 @@ def test_k400_bad_videos_are_counted_listed_or_named(tmp_path, tiny_k400):
     assert reasons[f"{annotation_csv(root, 'val')}:6"] == "unknown class 'juggling'"
     with pytest.raises(DatasetError, match="juggling"):
         KineticsIndex(root, "val", classes, 0.5, on_bad_sample="error")
+
+
+def coco_copy_with(tmp_path, tiny_coco, change):
+    """A copy of the tiny COCO set whose val annotations ``change(data)`` edited."""
+    copy = tmp_path / "coco"
+    shutil.copytree(tiny_coco, copy)
+    path = coco.annotation_file(copy, "val")
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    return copy, data
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda d: d["annotations"][1].update(category_id=77), r"annotation 2 \(image \d+\) has category_id 77, which is "
+                                                           r"not in the file's categories \(ids \[1, 2, 3\]\)"),
+    (lambda d: d["annotations"][2].pop("bbox"), r"annotation 3 \(image \d+\) lacks the key\(s\) \['bbox'\]"),
+    (lambda d: d["annotations"][0].update(image_id=999), r"annotation 1 \(image 999\) names image id 999, which is "
+                                                         r"not in the file's images"),
+])
+def test_coco_annotation_that_no_coco_tool_reads_is_an_error_naming_the_record(tmp_path, tiny_coco, change, expected):
+    copy, _ = coco_copy_with(tmp_path, tiny_coco, change)
+    for opening in (coco.verify_layout, lambda root: CocoDetection(root, "val")):
+        with pytest.raises(DatasetError, match=expected) as err:
+            opening(copy)
+        assert "instances_val2017.json" in str(err.value)
+
+
+def test_coco_boxes_without_area_and_short_polygons_are_left_out_and_counted(tmp_path, tiny_coco):
+    def change(data):
+        data["annotations"][0]["bbox"][2] = 0.0                     # zero width
+        data["annotations"][1]["bbox"][3] = -4.0                    # negative height
+        data["annotations"][2]["segmentation"] = [[1.0, 1.0, 9.0, 9.0]]  # one polygon of two points
+        data["annotations"][3]["segmentation"].append([5.0, 5.0])   # a valid polygon and a one-point one
+
+    copy, data = coco_copy_with(tmp_path, tiny_coco, change)
+    first_four = data["annotations"][:4]
+    summary = coco.verify_layout(copy)
+    skipped = summary["splits"]["val"]["skipped_annotations"]
+    assert [s["record"].split(": ")[1] for s in skipped] == [
+        f"annotation {a['id']} (image {a['image_id']})" for a in (first_four[0], first_four[1], first_four[2],
+                                                                  first_four[2], first_four[3])]
+    assert ["no area" in s["reason"] for s in skipped] == [True, True, False, False, False]
+    assert "fewer than three points): dropped" in skipped[2]["reason"] and "left out" in skipped[3]["reason"]
+    assert summary["splits"]["train"]["skipped_annotations"] == []
+
+    ds = CocoDetection(copy, "val")
+    assert len(ds.skipped) == 5
+    gone = {first_four[0]["id"], first_four[1]["id"], first_four[2]["id"]}
+    for index, image_id in enumerate(ds.ids):
+        expected = [a for a in data["annotations"] if a["image_id"] == image_id and a["id"] not in gone]
+        _, target = ds[index]
+        assert len(target["labels"]) == len(expected) == target["masks"].shape[0]
+    # the annotation that lost its one-point polygon keeps the mask of the polygon it had
+    fourth = first_four[3]
+    _, target = ds[ds.ids.index(fourth["image_id"])]
+    own = [a for a in data["annotations"] if a["image_id"] == fourth["image_id"] and a["id"] not in gone]
+    mask = target["masks"][own.index(fourth)]
+    assert mask.sum() > 0 and torch.equal(mask, torch.from_numpy(ds.coco.annToMask(
+        {**fourth, "segmentation": fourth["segmentation"][:-1]})))

@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import json
 import re
 import shutil
 from dataclasses import replace
@@ -12,8 +13,15 @@ import torch
 from safetensors.torch import save_file
 
 from frozenrep.backbones import build_backbone
-from frozenrep.checkpoints import (CheckpointEntry, CheckpointError, fetch_checkpoint, load_into_model,
-                                   load_registry, pin_sha256, read_state_dict)
+from frozenrep.checkpoints import (
+    CheckpointEntry,
+    CheckpointError,
+    fetch_checkpoint,
+    load_into_model,
+    load_registry,
+    pin_sha256,
+    read_state_dict,
+)
 from frozenrep.local_backbones import create_local_backbone
 
 ARCH = "swin_base_patch4_window7_224"
@@ -95,7 +103,9 @@ def test_shape_mismatch_is_a_checkpoint_error(tmp_path, tiny_entry):
     path = tmp_path / "tiny.safetensors"
     create_local_backbone(tiny_entry, path)
     wider = replace(tiny_entry, arch_kwargs={**tiny_entry.arch_kwargs, "embed_dim": 32})
-    with pytest.raises(CheckpointError, match="does not fit"):
+    # the same tensor names, other shapes: the error names the tensor and both shapes
+    with pytest.raises(CheckpointError, match=r"does not fit[\s\S]*patch_embed\.proj\.weight[\s\S]*"
+                                              r"torch\.Size\(\[16, 3, 4, 4\]\)[\s\S]*torch\.Size\(\[32, 3, 4, 4\]\)"):
         load_into_model(wider, path)
 
 
@@ -124,6 +134,33 @@ def test_truncated_checkpoint_is_refused(tmp_path, suffix):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         read_state_dict(path)
+
+
+def safetensors_with_header(path, header: bytes, body: bytes = b"") -> None:
+    """A safetensors file by hand: 8-byte little-endian header length, the JSON header, the data."""
+    path.write_bytes(len(header).to_bytes(8, "little") + header + body)
+
+
+def test_safetensors_with_a_corrupt_header_is_refused(tmp_path):
+    path = tmp_path / "w.safetensors"
+    safetensors_with_header(path, b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]', b"\0" * 8)
+    with pytest.raises(CheckpointError, match=r"w\.safetensors is truncated or corrupt"):
+        read_state_dict(path)
+
+
+def test_a_huge_declared_tensor_is_refused_without_allocating_it(tmp_path):
+    """A header that declares a 4 TiB tensor over a file of 8 bytes: refused by the offsets check,
+    before any memory is asked for (the test would fail with MemoryError, or hang, otherwise)."""
+    import resource
+
+    path = tmp_path / "w.safetensors"
+    huge = 1 << 40
+    safetensors_with_header(path, json.dumps({"a": {"dtype": "F32", "shape": [huge],
+                                                    "data_offsets": [0, 4 * huge]}}).encode(), b"\0" * 8)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        read_state_dict(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: nothing near 4 TiB
 
 
 @pytest.fixture

@@ -56,7 +56,14 @@ def test_dataset_targets_and_seeded_flip(tiny_coco):
     assert torch.equal(flipped_image, image.flip(-1))
     assert torch.equal(flipped["masks"], target["masks"].flip(-1))
     assert torch.allclose(flipped["boxes"][:, 0], 64 - target["boxes"][:, 2])
-    assert torch.equal(ds[(0, 5)][0], ds[(0, 5)][0])  # same seed, same augmentation
+    # with a coin-flip augmentation, a sample seed decides it: the same seed gives the same view,
+    # and over seeds both views occur
+    coin = CocoDetection(tiny_coco, "train", train=True, hflip_prob=0.5)
+    views = {seed: coin[(0, seed)][0] for seed in range(16)}
+    assert all(torch.equal(views[seed], coin[(0, seed)][0]) for seed in views)
+    flips = [torch.equal(view, image.flip(-1)) for view in views.values()]
+    assert any(flips) and not all(flips)
+    assert all(flip or torch.equal(view, image) for flip, view in zip(flips, views.values()))
 
 
 def test_download_from_loopback_server(tmp_path, tiny_coco, http_server):

@@ -147,8 +147,12 @@ def test_coco_ap_of_perfect_shifted_and_empty_predictions(remapped_coco):
     assert shifted["mask_ap"] < metrics["mask_ap"]
     wrong_class = [dict(r, category_id=5 if r["category_id"] != 5 else 17) for r in perfect]
     assert coco_ap(ds, wrong_class)["box_ap"] < 50.0
+    # COCOeval's -1 for a size range without ground truth (no object of these 64-px images is
+    # "large", over 96 x 96 px) is recorded as None, for perfect and for no detections alike
+    assert metrics["box_ap_large"] is None and metrics["mask_ap_large"] is None
     empty = coco_ap(ds, [])
-    assert empty["box_ap"] == 0.0 and empty["mask_ap"] == 0.0
+    assert empty["box_ap"] == 0.0 and empty["mask_ap"] == 0.0 and empty["box_ap50"] == 0.0
+    assert empty["box_ap_large"] is None and empty["mask_ap_large"] is None
 
 
 def test_evaluate_detection_runs_the_model(tiny_detector, tiny_coco):

@@ -93,3 +93,43 @@ def test_file_source_copies_and_verifies(tmp_path):
     assert (tmp_path / "out" / "x.bin").read_bytes() == BODY
     with pytest.raises(DownloadError, match="no such file"):
         fetch(f"file:{tmp_path / 'nope.bin'}", tmp_path / "y.bin")
+
+
+def test_range_past_the_end_of_a_complete_partial_file_is_done(http_server, tmp_path):
+    """A run killed between the last byte and the rename leaves a whole .part: the server answers
+    the resume with 416, and the file is verified and renamed, not fetched again."""
+    url = http_server.add("/w.bin", BODY)
+    (tmp_path / "w.bin.part").write_bytes(BODY)
+    fetch(url, tmp_path / "w.bin", sha256=sha(BODY), retries=0)
+    assert (tmp_path / "w.bin").read_bytes() == BODY
+    assert http_server.routes["/w.bin"].requests == [f"bytes={len(BODY)}-"]
+
+
+def test_too_many_requests_waits_what_retry_after_asks(http_server, tmp_path, monkeypatch):
+    import frozenrep.download as download
+
+    waits = []
+    monkeypatch.setattr(download.time, "sleep", waits.append)
+    url = http_server.add("/w.bin", BODY, fail_times=2, status=429, retry_after="7")
+    fetch(url, tmp_path / "w.bin", sha256=sha(BODY), backoff=0.01)
+    assert waits == [7.0, 7.0] and (tmp_path / "w.bin").read_bytes() == BODY
+    # without the header, the backoff
+    url = http_server.add("/v.bin", BODY, fail_times=2, status=429)
+    fetch(url, tmp_path / "v.bin", sha256=sha(BODY), backoff=0.25)
+    assert waits[2:] == [0.25, 0.5]
+
+
+def test_a_stalled_connection_times_out_and_resumes(http_server, tmp_path):
+    url = http_server.add("/w.bin", BODY, stall_after=200_000, stall_times=1, stall_seconds=1.5)
+    fetch(url, tmp_path / "w.bin", sha256=sha(BODY), backoff=0.01, timeout=0.5)
+    assert (tmp_path / "w.bin").read_bytes() == BODY
+    ranges = http_server.routes["/w.bin"].requests
+    assert ranges[0] is None and len(ranges) == 2 and 0 < int(ranges[1].split("=")[1].rstrip("-")) <= 200_000
+
+
+def test_a_server_that_always_sends_less_than_content_length_fails_after_bounded_retries(http_server, tmp_path):
+    url = http_server.add("/w.bin", BODY, cut_after=1000, cut_times=100)
+    with pytest.raises(DownloadError, match=r"failed after 2 retries"):
+        fetch(url, tmp_path / "w.bin", sha256=sha(BODY), retries=2, backoff=0.01)
+    assert len(http_server.routes["/w.bin"].requests) == 3
+    assert list(tmp_path.iterdir()) == []  # no short file left, nor a part file

@@ -1,5 +1,6 @@
 """Kinetics-400: generated motion videos, PyTorchVideo loading, bad videos, the temporal head, top-k."""
 
+import hashlib
 import os
 import tarfile
 
@@ -32,7 +33,8 @@ def tiny_k400(tmp_path_factory):
 def test_generated_layout_and_csv(tiny_k400):
     summary = k400.verify_layout(tiny_k400)
     assert summary["classes"] == ["moving down", "moving left", "moving right", "moving up"]
-    assert summary["splits"]["train"] == {"rows": 8, "videos_present": 8, "sha256": summary["splits"]["train"]["sha256"]}
+    csv_sha256 = hashlib.sha256(annotation_csv(tiny_k400, "train").read_bytes()).hexdigest()
+    assert summary["splits"]["train"] == {"rows": 8, "videos_present": 8, "sha256": csv_sha256}
     row = read_csv(annotation_csv(tiny_k400, "val"))[0]
     assert set(row) == {"label", "youtube_id", "time_start", "time_end", "split", "is_cc"}
     path = video_path(tiny_k400, "val", row)
@@ -146,8 +148,13 @@ def test_topk_and_per_video_score_averaging():
     views1 = torch.tensor([[0.0, 0.0, 4.0]])
     videos = [(0, 1, views0.view(3, 1, 1, 1, 3)), (1, 2, views1.view(1, 1, 1, 1, 3))]
     metrics, averaged = evaluate_video(Fixed(), videos, 2, torch.device("cpu"))
-    expected0 = views0.softmax(-1).mean(0)
-    assert torch.allclose(averaged[0], expected0) and metrics["top1"] == (100.0 if expected0.argmax() == 1 else 50.0)
+    # by hand: the mean of the three views' softmax is (0.3605, 0.6057, 0.0338), so video 0 is class 1 and
+    # right (taking the loudest view's logits instead would make it class 0, and wrong); video 1 is right too
+    torch.testing.assert_close(averaged[0], torch.tensor([0.3605, 0.6057, 0.0338]), atol=1e-4, rtol=0)
+    assert metrics["top1"] == 100.0
+    # top-5 of seven classes: the first label ranks fifth (in), the second sixth (out)
+    seven = torch.tensor([[0.30, 0.20, 0.15, 0.12, 0.10, 0.08, 0.05], [0.05, 0.08, 0.10, 0.12, 0.15, 0.20, 0.30]])
+    assert topk_accuracy(seven, torch.tensor([4, 1]), (1, 5)) == {"top1": 0.0, "top5": 50.0}
 
 
 def make_tar(path, files):

@@ -85,6 +85,7 @@ def run_cli(ws, *args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.workflow
 def test_cli_runs_the_workflows_frozen_heads_on_a_video(ci_run, tmp_path):
     ws, result = ci_run
     assert result.returncode == 0, result.stderr[-3000:]

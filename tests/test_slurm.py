@@ -59,7 +59,7 @@ def test_ci_pipeline_runs_every_job_as_a_slurm_job(slurm_cluster, tmp_path):
     assert table[["backbone", "mode"]].values.tolist() == [["tiny-swin-none", "frozen"], ["tiny-swin-none", "finetune"]]
     assert table[["coco_box_ap", "ade20k_miou", "k400_top1"]].notna().all().all()
 
-    # Each of the 13 jobs went through sbatch: the cluster ran it to completion under the rule's name
+    # Each of the 18 jobs went through sbatch: the cluster ran it to completion under the rule's name
     # (the plugin puts rule and wildcards in the job's comment) and the plugin kept its sbatch log.
     jobs = [job for job in slurm_jobs() if job["id"] not in before]
     rules = sorted(job["comment"].split("_wildcards")[0] for job in jobs)

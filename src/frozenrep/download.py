@@ -18,6 +18,7 @@ from frozenrep.io import file_digest
 from frozenrep.progress import Progress, log
 
 CHUNK = 1 << 16  # small enough that a cut connection loses little of what arrived
+MAX_RETRY_AFTER = 600.0  # seconds: a longer Retry-After is waited this long, then the request goes again
 
 
 class DownloadError(RuntimeError):
@@ -55,8 +56,9 @@ def fetch(source: str, dest: str | os.PathLike[str], *, sha256: str | None = Non
           retries: int = 5, backoff: float = 1.0, timeout: float = 60.0) -> str:
     """Fetch ``source`` (https://, http://, file:) to ``dest``, verify it and return its sha256.
 
-    ``retries`` bounds the attempts after a connection error, a cut connection or a 5xx answer,
-    waiting ``backoff * 2**k`` seconds between them; each retry resumes where the last stopped.
+    ``retries`` bounds the attempts after a connection error, a stalled or cut connection (no byte
+    for ``timeout`` seconds), a 5xx or a 429 answer, waiting ``backoff * 2**k`` seconds between them,
+    or what a 429's or 503's ``Retry-After`` asks for; each retry resumes where the last stopped.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -82,6 +84,7 @@ def fetch(source: str, dest: str | os.PathLike[str], *, sha256: str | None = Non
 def _download(url: str, part: Path, *, retries: int, backoff: float, timeout: float) -> None:
     attempt = 0
     while True:
+        asked = None
         try:
             if _download_once(url, part, timeout=timeout):
                 return
@@ -89,7 +92,7 @@ def _download(url: str, part: Path, *, retries: int, backoff: float, timeout: fl
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
             reason = f"{type(err).__name__}: {err}"
         except _RetryableStatus as err:
-            reason = str(err)
+            reason, asked = str(err), err.retry_after
         except DownloadError:
             part.unlink(missing_ok=True)
             raise
@@ -98,14 +101,33 @@ def _download(url: str, part: Path, *, retries: int, backoff: float, timeout: fl
             part.unlink(missing_ok=True)
             raise DownloadError(f"download of {url} failed after {retries} retries ({reason}). "
                                 "Check the URL and your connection, then run the rule again.")
-        wait = backoff * 2 ** (attempt - 1)
+        wait = backoff * 2 ** (attempt - 1) if asked is None else min(asked, MAX_RETRY_AFTER)
         log.warning("download of %s interrupted (%s); retry %d/%d in %.1fs, resuming at %d bytes",
                     url, reason, attempt, retries, wait, part.stat().st_size if part.exists() else 0)
         time.sleep(wait)
 
 
 class _RetryableStatus(Exception):
-    pass
+    """A 5xx or 429 answer; ``retry_after``: the seconds its Retry-After header asks for, if any."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds of a Retry-After header: a number of seconds or an HTTP date (RFC 9110)."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+        except (TypeError, ValueError):
+            return None
 
 
 def _download_once(url: str, part: Path, *, timeout: float) -> bool:
@@ -117,7 +139,8 @@ def _download_once(url: str, part: Path, *, timeout: float) -> bool:
             # Range past the end: the part file already holds the whole resource.
             return True
         if response.status_code >= 500 or response.status_code == 429:
-            raise _RetryableStatus(f"HTTP {response.status_code} {response.reason}")
+            raise _RetryableStatus(f"HTTP {response.status_code} {response.reason}",
+                                   _retry_after(response.headers.get("Retry-After")))
         if response.status_code >= 400:
             raise DownloadError(f"download of {url} failed: HTTP {response.status_code} {response.reason}. "
                                 "Check the URL in the registry or the dataset settings.")

@@ -44,6 +44,14 @@ def mask_path(root: Path, split: str, stem: str) -> Path:
     return Path(root) / "annotations" / SPLIT_DIRS[split] / f"{stem}.png"
 
 
+def jpeg_truncated(path: Path, tail: int = 1024) -> bool:
+    """Whether a JPEG file lacks its end-of-image marker near its end: a cut download or copy.
+    Reads the last ``tail`` bytes only (decoding every image when a dataset opens would cost minutes)."""
+    with open(path, "rb") as handle:
+        handle.seek(max(path.stat().st_size - tail, 0))
+        return b"\xff\xd9" not in handle.read()
+
+
 def read_class_names(root: Path) -> list[str]:
     """Class names from objectInfo150.txt (header line, then ``idx ratio train val name``)."""
     path = Path(root) / OBJECT_INFO
@@ -129,9 +137,11 @@ class ADE20KSegmentation(Dataset):
             return f"mask {msk} for image {img.name} does not exist."
         try:
             with Image.open(img) as im:
-                image_size = im.size
+                image_size, image_format = im.size, im.format
         except (UnidentifiedImageError, OSError) as err:
             return f"image {img} cannot be decoded ({err})."
+        if image_format == "JPEG" and jpeg_truncated(img):
+            return f"image {img} is truncated (no JPEG end-of-image marker)."
         try:
             with Image.open(msk) as m:
                 m.load()

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader, Subset
 
@@ -45,16 +46,14 @@ def coco_ap(dataset: CocoDetection, results: list[dict[str, Any]], iou_types: tu
             image_ids: list[int] | None = None) -> dict[str, float | None]:
     """COCOeval summary for each IoU type: ``{"box_ap", "box_ap50", ..., "mask_ap", ...}`` in percent.
 
-    With no detections at all every AP is 0 (COCOeval cannot load an empty result list).
+    No detections at all are scored by COCOeval too (an empty result set: AP 0 where there is
+    ground truth, None where a size range has none).
     """
     metrics: dict[str, float] = {}
     for iou_type in iou_types:
         prefix = "box" if iou_type == "bbox" else "mask"
-        if not results:
-            metrics.update({f"{prefix}_{name}": 0.0 for name in STAT_NAMES.values()})
-            continue
         with contextlib.redirect_stdout(io.StringIO()):
-            detections = dataset.coco.loadRes([dict(r) for r in results])
+            detections = _results(dataset.coco, results)
             evaluator = COCOeval(dataset.coco, detections, iou_type)
             if image_ids is not None:
                 evaluator.params.imgIds = list(image_ids)
@@ -66,6 +65,18 @@ def coco_ap(dataset: CocoDetection, results: list[dict[str, Any]], iou_types: tu
             # COCOeval reports -1 where a size range has no ground truth: recorded as None (JSON null)
             metrics[f"{prefix}_{name}"] = 100.0 * value if value >= 0 else None
     return metrics
+
+
+def _results(ground_truth: COCO, results: list[dict[str, Any]]) -> COCO:
+    """The detections as a COCO object; ``loadRes`` cannot load an empty list, so no detections
+    are an empty annotation set over the ground truth's images and categories."""
+    if results:
+        return ground_truth.loadRes([dict(r) for r in results])
+    empty = COCO()
+    empty.dataset = {"images": list(ground_truth.dataset["images"]),
+                     "categories": list(ground_truth.dataset["categories"]), "annotations": []}
+    empty.createIndex()
+    return empty
 
 
 @torch.no_grad()
