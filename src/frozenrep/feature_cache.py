@@ -119,6 +119,7 @@ class FeatureCache:
         self.root = Path(root) / namespace[:16] if root is not None else None
         self.memory: dict[str, list[torch.Tensor]] = {}
         self.hits = self.misses = 0
+        self.full = False  # set when a write failed (a full disk): later entries are not written
 
     def keys(self, batch: torch.Tensor) -> list[str]:
         """One key per sample of ``batch``, its fingerprint computed on ``batch``'s device."""
@@ -184,6 +185,15 @@ class FeatureCache:
         return levels
 
     def _store(self, key: str, feats: list[torch.Tensor]) -> None:
+        if self.full:
+            return
+        try:
+            self._write(key, feats)
+        except OSError as err:  # a full disk: the evaluation goes on uncached (results do not depend on it)
+            self.full = True
+            log.warning("feature cache: %s; no more entries are written in this job", err)
+
+    def _write(self, key: str, feats: list[torch.Tensor]) -> None:
         if self.root is None:
             self.memory[key] = [f.detach().clone() for f in feats]  # own storage: the head may reuse its input
             return

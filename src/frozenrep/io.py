@@ -26,7 +26,8 @@ def _umask() -> int:
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; rename it onto ``target`` on success.
 
-    On an exception the temporary file is removed and ``target`` is left as it was. The file gets
+    On an exception the temporary file is removed and ``target`` is left as it was; a failed write
+    (a full disk) is an OSError that names ``target``. The file gets
     the permissions a plain ``open(target, "w")`` would give it (``mkstemp`` makes it private).
     """
     target = Path(target)
@@ -38,6 +39,9 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
+    except OSError as err:  # a full disk, a quota, a file-size limit: say which file, and that it is intact
+        raise OSError(err.errno, f"writing {target} failed ({err.strerror or err}); {target} was left as it was "
+                                 "(free space and run again)") from err
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -71,6 +75,12 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``target`` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+
+
+def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically (a safetensors file from ``safetensors.torch.save``)."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json_atomic(target: str | os.PathLike[str], data: Any) -> None:

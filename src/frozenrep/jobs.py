@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from frozenrep.backbones import BackboneAdapter, build_backbone, trainable_state_dict
 from frozenrep.config import JobSpec
 from frozenrep.feature_cache import FeatureCache
-from frozenrep.io import atomic_dir, atomic_path, file_digest, fingerprint_of, write_json_atomic, write_text_atomic
+from frozenrep.io import (atomic_dir, atomic_path, file_digest, fingerprint_of, write_bytes_atomic,
+                          write_json_atomic, write_text_atomic)
 from frozenrep.progress import log
 from frozenrep.runtime import pick_device, start_distributed
 from frozenrep.tasks import Task, get_task
@@ -135,9 +136,9 @@ def run_training(spec: JobSpec, checkpoint: Path, manifest: Path, out_head: Path
                        fingerprint=fingerprint, logger=run, device=device)
         run.log_metrics({"train/seconds": time.monotonic() - start}, result["step"])
         state = {k: v.detach().cpu().contiguous() for k, v in trainable_state_dict(model).items()}
-        with atomic_path(out_head) as tmp:
-            save_file(state, str(tmp), metadata={"fingerprint": fingerprint, "mlflow_run_id": run.run_id,
-                                                 "steps": str(result["step"])})
+        # serialised in memory, then written: a failed write (a full disk) is an OSError naming the file
+        write_bytes_atomic(out_head, save(state, metadata={"fingerprint": fingerprint, "mlflow_run_id": run.run_id,
+                                                           "steps": str(result["step"])}))
         if out_curve is not None:
             write_curve(result["curve"], out_curve)
         if out_plot is not None:

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from frozenrep.checkpoints import CheckpointEntry, create_model
-from frozenrep.io import atomic_path, file_digest, write_text_atomic
+from frozenrep.io import file_digest, write_bytes_atomic, write_text_atomic
 from frozenrep.progress import log
 
 
@@ -73,10 +73,9 @@ def create_local_backbone(entry: dict[str, Any] | CheckpointEntry, out: str | Pa
     else:
         torch.manual_seed(recipe.seed)
         state = pretrain(entry, out.with_name(out.name.split(".")[0] + ".pretrain"), tracking, study)
-    with atomic_path(out) as tmp:
-        # No metadata: safetensors writes its keys in hash order, which would make the bytes (and the
-        # sha256 that the registry checks) differ from run to run.
-        save_file(state, str(tmp))
+    # No metadata: safetensors writes its keys in hash order, which would make the bytes (and the
+    # sha256 that the registry checks) differ from run to run.
+    write_bytes_atomic(out, save(state))
     digest = file_digest(out)
     write_text_atomic(str(out) + ".sha256", f"{digest}  {out.name}\n")
     log.info("created %s (%s, %s, %d parameters): sha256 %s", out, entry.arch, recipe.init,

@@ -166,8 +166,13 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write the resumable state atomically: a failed write (a full disk) keeps the last state file."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except RuntimeError as err:  # torch's stream writer reports a failed write so
+        raise TrainingError(f"writing {path} failed ({err}); the last state file was kept (free space and run "
+                            "again: training resumes from it)") from err
 
 
 class Optimisation:
