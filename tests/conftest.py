@@ -5,8 +5,10 @@ from __future__ import annotations
 import http.server
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -184,11 +186,13 @@ class MlflowServer:
     uri: str
     store: Path        # the server's sqlite backend store
     artifacts: Path    # where the server keeps (proxied) artifacts
+    process: Any = None
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real ``mlflow server`` on a free 127.0.0.1 port (sqlite store, proxied artifacts)."""
+@contextmanager
+def running_mlflow_server(root: Path) -> Iterator[MlflowServer]:
+    """A real ``mlflow server`` on a free 127.0.0.1 port (sqlite store, proxied artifacts) while
+    the block runs; its process group is ended afterwards (``server.process``: to end it sooner)."""
     import os
     import signal
     import socket
@@ -197,7 +201,6 @@ def mlflow_server(tmp_path_factory):
     import time
     import urllib.request
 
-    root = tmp_path_factory.mktemp("mlflow-server")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -207,6 +210,7 @@ def mlflow_server(tmp_path_factory):
                                 "--workers", "1", "--backend-store-uri", f"sqlite:///{server.store}",
                                 "--artifacts-destination", str(server.artifacts)],
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server.process = process
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -221,12 +225,20 @@ def mlflow_server(tmp_path_factory):
             time.sleep(0.5)
         yield server
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` for the whole session (the CI workspace's runs go there)."""
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -115,3 +115,32 @@ def test_a_failing_job_does_not_touch_what_other_jobs_made(tmp_path):
     assert not list((ws / "runs").glob("ade20k/**/head.safetensors"))
     assert (ws / "results/metrics/coco/tiny-swin-none/finetune/seed0.json").exists()  # other jobs went on
     assert (ws / "results/metrics/k400/tiny-swin-none/frozen/seed0.json").exists()
+
+
+def test_a_tracking_server_gone_mid_run_stops_neither_the_job_nor_the_next(job_root, tmp_path):
+    """The MLflow server dies after the first checkpoint: the training still writes its head and says
+    tracking failed; the evaluation after it, with the server still gone, writes its metrics."""
+    from conftest import running_mlflow_server
+
+    root, entry = job_root
+    spec = job_spec(root, entry, "k400", "tracking-gone", steps=30, checkpoint_every=2, log_every=2)
+    head = tmp_path / "run" / "head.safetensors"
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    (tmp_path / "server").mkdir()
+    with running_mlflow_server(tmp_path / "server") as server, open(tmp_path / "train.log", "w") as log:
+        env["MLFLOW_TRACKING_URI"] = server.uri
+        process = subprocess.Popen(train_cmd(root, spec, head), stdout=log, stderr=log, env=env)
+        state, deadline = head.parent / "state.pt", time.monotonic() + 300
+        while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        assert process.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
+    assert torch.load(state, weights_only=True)["step"] == 30 and head.is_file()
+    assert f"MLflow tracking at {server.uri} failed" in (tmp_path / "train.log").read_text()
+    metrics = tmp_path / "metrics.json"
+    done = subprocess.run([PYTHON, str(REPO / "workflow_scripts/evaluate.py"), "--spec", json.dumps(spec),
+                           "--checkpoint", str(root / "tiny.safetensors"), "--manifest", manifest(root, spec),
+                           "--head", str(head), "--out", str(metrics)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "top1" in json.loads(metrics.read_text())["metrics"] and "untracked" in done.stderr

@@ -128,7 +128,8 @@ def run_training(spec: JobSpec, checkpoint: Path, manifest: Path, out_head: Path
     with tracked_run(resolve_uri(spec.tracking.get("uri")), spec.study, name,
                      job_tags(spec, checkpoint, manifest, "train"), params, resume_run_id=resume_id,
                      parent=spec.table) as run:
-        write_text_atomic(state_file, f"{fingerprint} {run.run_id}\n")
+        if run.run_id is not None:
+            write_text_atomic(state_file, f"{fingerprint} {run.run_id}\n")
         resolved = {k: v for k, v in json.loads(spec.to_json()).items() if k != "tracking"}
         run.log_dict(resolved, "config.json")  # the resolved job config
         start = time.monotonic()
@@ -137,8 +138,8 @@ def run_training(spec: JobSpec, checkpoint: Path, manifest: Path, out_head: Path
         run.log_metrics({"train/seconds": time.monotonic() - start}, result["step"])
         state = {k: v.detach().cpu().contiguous() for k, v in trainable_state_dict(model).items()}
         # serialised in memory, then written: a failed write (a full disk) is an OSError naming the file
-        write_bytes_atomic(out_head, save(state, metadata={"fingerprint": fingerprint, "mlflow_run_id": run.run_id,
-                                                           "steps": str(result["step"])}))
+        meta = {"fingerprint": fingerprint, "mlflow_run_id": run.run_id or "", "steps": str(result["step"])}
+        write_bytes_atomic(out_head, save(state, metadata=meta))
         if out_curve is not None:
             write_curve(result["curve"], out_curve)
         if out_plot is not None:
@@ -194,7 +195,7 @@ def run_evaluation(spec: JobSpec, checkpoint: Path, manifest: Path, head: Path, 
     name = spec_run_name(spec)
     with tracked_run(resolve_uri(spec.tracking.get("uri")), spec.study, name,
                      job_tags(spec, checkpoint, manifest, "train+evaluate"),
-                     resume_run_id=meta.get("mlflow_run_id"), parent=spec.table) as run:
+                     resume_run_id=meta.get("mlflow_run_id") or None, parent=spec.table) as run:
         start = time.monotonic()
         metrics, predictions = task.evaluate(model, val_set, spec.task_config, device)
         seconds = time.monotonic() - start

@@ -106,10 +106,27 @@ def parent_run(uri: str, experiment: str, table: str) -> str:
 
 
 class RunLogger:
-    """Logs into one MLflow run through the client API (no global state)."""
+    """Logs into one MLflow run through the client API (no global state).
 
-    def __init__(self, client: Any, run_id: str) -> None:
-        self.client, self.run_id = client, run_id
+    Tracking never stops a job: when the store fails (a tracking server gone away, after MLflow's
+    own retries, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``), the failure is logged once and the run's
+    later calls do nothing; the job's files are written as usual. ``failed`` says why.
+    """
+
+    def __init__(self, client: Any, run_id: str | None, uri: str = "") -> None:
+        self.client, self.run_id, self.uri = client, run_id, uri
+        self.failed: str | None = None if run_id is not None else "no run could be opened"
+
+    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self.failed is not None:
+            return None
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
+        except Exception as err:  # the store's errors are many (MlflowException, requests', sqlite's)
+            self.failed = f"{what}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            log.warning("MLflow tracking at %s failed (%s); the job goes on untracked, its files are written "
+                        "as usual", self.uri, self.failed)
+            return None
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -119,25 +136,30 @@ class RunLogger:
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
                  if v is not None and math.isfinite(float(v))]
         if items:
-            self.client.log_batch(self.run_id, metrics=items)
+            self._call("logging metrics", "log_batch", self.run_id, metrics=items)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        existing = self.client.get_run(self.run_id).data.params
-        items = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+        run = self._call("reading the run", "get_run", self.run_id)
+        if run is None:
+            return
+        items = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in run.data.params]
         for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start:start + 100])
+            self._call("logging params", "log_batch", self.run_id, params=items[start:start + 100])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
+            self._call("setting tags", "set_tag", self.run_id, key, str(value))
 
     def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
-        self.client.log_dict(self.run_id, data, artifact_file)
+        self._call(f"logging {artifact_file}", "log_dict", self.run_id, data, artifact_file)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._call(f"logging {Path(path).name}", "log_artifact", self.run_id, str(path), artifact_path)
+
+    def terminate(self, status: str) -> None:
+        self._call("closing the run", "set_terminated", self.run_id, status=status)
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
@@ -154,50 +176,63 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
 def tracked_run(uri: str, experiment: str, name: str, tags: dict[str, Any], params: dict[str, Any] | None = None,
                 resume_run_id: str | None = None, parent: str | None = "table1") -> Iterator[RunLogger]:
     """Open (or reopen) a run, a child of table ``parent``'s run; mark it FINISHED on success,
-    FAILED with the error on an exception."""
+    FAILED with the error on an exception. A store that cannot be reached gives a logger that
+    tracks nothing (:class:`RunLogger`), never an error."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    if parent:
-        tags = {**tags, "mlflow.parentRunId": parent_run(uri, experiment, parent)}
     run_id = None
-    if resume_run_id:
-        try:
-            client.get_run(resume_run_id)
-            run_id = resume_run_id
-            client.update_run(run_id, status="RUNNING")
-        except MlflowException:
-            log.warning("MLflow run %s is not in %s; starting a new run", resume_run_id, uri)
-    if run_id is None:
-        experiment_id = ensure_experiment(uri, experiment)
-        run_id = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()}).info.run_id
-    logger = RunLogger(client, run_id)
+    try:
+        if parent:
+            tags = {**tags, "mlflow.parentRunId": parent_run(uri, experiment, parent)}
+        if resume_run_id:
+            try:
+                client.get_run(resume_run_id)
+                run_id = resume_run_id
+                client.update_run(run_id, status="RUNNING")
+            except MlflowException:
+                log.warning("MLflow run %s is not in %s; starting a new run", resume_run_id, uri)
+        if run_id is None:
+            experiment_id = ensure_experiment(uri, experiment)
+            run_id = client.create_run(experiment_id, run_name=name,
+                                       tags={k: str(v) for k, v in tags.items()}).info.run_id
+    except Exception as err:  # the store is unreachable: the job goes on untracked
+        log.warning("MLflow tracking at %s failed (opening the run: %s: %s); the job goes on untracked, its "
+                    "files are written as usual", uri, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        run_id = None
+    logger = RunLogger(client, run_id, uri)
     logger.set_tags(tags)
     if params:
         logger.log_params(params)
     try:
         yield logger
     except BaseException as err:
-        client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
-        client.set_terminated(run_id, status="FAILED" if isinstance(err, Exception) else "KILLED")
+        logger.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
+        logger.terminate("FAILED" if isinstance(err, Exception) else "KILLED")
         raise
-    client.set_terminated(run_id, status="FINISHED")
+    logger.terminate("FINISHED")
 
 
-def log_table(uri: str, experiment: str, table_name: str, cells: dict[str, float], files: list[Path]) -> str:
+def log_table(uri: str, experiment: str, table_name: str, cells: dict[str, float], files: list[Path]) -> str | None:
     """Log a finished table on its parent run: every cell as a metric, the table files as artifacts.
 
-    The parent is marked FINISHED; its id is returned.
+    The parent is marked FINISHED; its id is returned (None when the store cannot be reached: the
+    table's files are written already, and tracking never undoes them).
     """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    run_id = parent_run(uri, experiment, table_name)
-    logger = RunLogger(client, run_id)
+    try:
+        run_id = parent_run(uri, experiment, table_name)
+    except Exception as err:
+        log.warning("MLflow tracking at %s failed (opening the %s run: %s: %s); the table is not logged",
+                    uri, table_name, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        return None
+    logger = RunLogger(client, run_id, uri)
     logger.set_tags({"git_commit": git_commit()})
     logger.log_metrics(cells)
     for path in files:
         logger.log_artifact(path, "table")
-    client.set_terminated(run_id, status="FINISHED")
-    return run_id
+    logger.terminate("FINISHED")
+    return run_id if logger.failed is None else None
