@@ -87,3 +87,36 @@ def test_not_an_archive(tmp_path):
     (tmp_path / "x.zip").write_text("not a zip")
     with pytest.raises(ValueError, match="not a zip or tar"):
         extract(tmp_path / "x.zip", tmp_path / "out")
+
+
+def test_a_dataset_extraction_killed_midway_is_redone_whole_on_the_next_run(tmp_path):
+    """SIGKILL while a dataset archive is being extracted: nothing half-extracted is taken for the
+    dataset, and the next run extracts it whole (download_and_extract, as the dataset rule runs it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from frozenrep.data import download_and_extract
+
+    members = [(f"set/images/{k:05d}.bin", os.urandom(2048)) for k in range(6000)]
+    make_zip(tmp_path / "set.zip", members)
+    root, downloads = tmp_path / "data" / "set", tmp_path / "downloads"
+    code = ("import sys; from frozenrep.data import download_and_extract; "
+            "download_and_extract(sys.argv[1], [{'url': 'file:' + sys.argv[2]}], sys.argv[3], lambda p: None, 'set')")
+    process = subprocess.Popen([sys.executable, "-c", code, str(root), str(tmp_path / "set.zip"), str(downloads)])
+    partial = root.with_name("set.tmp") / "set" / "images"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and len(list(partial.glob("*")) if partial.is_dir()
+                                                                          else []) < 50:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the extraction finished before it could be killed"
+    assert not root.exists() and root.with_name("set.tmp").is_dir()  # half-extracted, beside the dataset only
+
+    download_and_extract(root, [{"url": f"file:{tmp_path / 'set.zip'}"}], downloads, lambda p: None, "set")
+    assert sorted(p.name for p in (root / "images").iterdir()) == [name.split("/")[-1] for name, _ in members]
+    assert all((root / "images" / name.split("/")[-1]).read_bytes() == data for name, data in members[::500])
+    assert not root.with_name("set.tmp").exists()
