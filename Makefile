@@ -3,13 +3,14 @@
 #   make tables   the same for results/table2.csv (head capacity) and results/table3.csv (backbone size)
 #   make study    table 1 over 3 seeds, with the video budget at which the heads learn (params/study.yaml)
 #   make test     install into .venv, then run the whole test suite
+#   make test-fast  the tests without Snakemake DAGs, SLURM, Chromium or training subprocesses
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.frozenrep-installed
 
-.PHONY: table1 tables study test venv lint dry-run-paper mlflow-ui clean
+.PHONY: table1 tables study test test-fast venv lint dry-run-paper mlflow-ui clean
 
 table1: $(STAMP)
 	$(BIN)/snakemake --cores all results/table1.csv
@@ -25,6 +26,10 @@ study: $(STAMP)
 PYTEST_ARGS ?=
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast lane: no Snakemake DAG, SLURM, browser or training subprocess (a few minutes).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not workflow and not slow" $(PYTEST_ARGS)
 
 venv: $(STAMP)
 

@@ -20,6 +20,8 @@ from workspace import REPO, job_spec
 
 from frozenrep.tasks import TASK_NAMES
 
+pytestmark = pytest.mark.slow
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 

@@ -16,6 +16,8 @@ from workspace import REPO, job_spec, make_workspace, snakemake
 
 from frozenrep.tasks import TASK_NAMES
 
+pytestmark = pytest.mark.slow
+
 PYTHON = sys.executable
 
 
