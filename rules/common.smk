@@ -25,8 +25,12 @@ def init_tracking():
     from frozenrep.tracking import ensure_experiment, parent_run, resolve_uri
 
     uri = resolve_uri(config["tracking"]["uri"])
-    ensure_experiment(uri, config["study"], config["tracking"]["artifacts"])
-    parent_run(uri, config["study"], "table1")
+    try:
+        ensure_experiment(uri, config["study"], config["tracking"]["artifacts"])
+        parent_run(uri, config["study"], "table1")
+    except Exception as err:  # tracking never stops the workflow: the jobs go on untracked and say so
+        print(f"warning: MLflow tracking at {uri} failed ({type(err).__name__}: {err}); the jobs run untracked",
+              file=sys.stderr)
 
 
 def get_final_outputs():
