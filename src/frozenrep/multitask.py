@@ -31,7 +31,7 @@ from torch import nn
 from frozenrep.backbones import BackboneAdapter, build_backbone
 from frozenrep.checkpoints import CheckpointEntry
 from frozenrep.config import job_spec
-from frozenrep.jobs import load_head_weights
+from frozenrep.jobs import checkpoint_sha256, load_head_weights
 from frozenrep.paths import head_path, manifest_path
 from frozenrep.tasks import TASK_NAMES, get_task
 
@@ -118,8 +118,6 @@ def load_shared(config: dict[str, Any], registry: dict[str, CheckpointEntry], ba
     checkpoint = root / entry.local_path()
     if not checkpoint.is_file():
         raise MultiTaskError(f"checkpoint {checkpoint} does not exist; run `snakemake {entry.local_path()}` first")
-    from frozenrep.jobs import checkpoint_sha256
-
     body = build_backbone(entry, checkpoint, mode="frozen").body
     heads, names = {}, {}
     for name in config["tasks"]:
