@@ -8,7 +8,15 @@ from frozenrep import paths
 from frozenrep.checkpoints import load_registry
 from frozenrep.config import check_config, is_profile_head, prefer_interpreter, profile_schema
 from frozenrep.config import job_spec as make_job_spec  # the rule's name for it is job_spec
+from frozenrep.locks import release_stale_snakemake_locks
 from frozenrep.tasks import TASK_NAMES
+
+# A Snakemake killed with SIGKILL leaves its locks behind; the next run removes them when no run of
+# this working directory is alive (frozenrep.locks), so the same command picks up where it stopped.
+if workflow.is_main_process:
+    if stale := release_stale_snakemake_locks(Path(".snakemake")):
+        print(f"warning: a Snakemake run of this directory ended without releasing its locks (killed?); "
+              f"removed {', '.join(map(str, stale))}", file=sys.stderr)
 
 # Jobs' `python` is the interpreter running Snakemake (the project's virtual environment), even
 # when snakemake was started as .venv/bin/snakemake without activating the environment.

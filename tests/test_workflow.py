@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pathlib import Path
 
-from workspace import REPO, make_workspace, snakemake
+from workspace import REPO, SNAKEMAKE, make_workspace, snakemake, tool_env
 
 pytestmark = pytest.mark.workflow
 
@@ -121,6 +121,45 @@ def test_second_run_does_nothing(ci_run, mlflow_server):
     result = snakemake(ws, "--cores", "2", "--configfile=params/ci.yaml", "results/table1.csv",
                        env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_snakemake_killed_mid_dag_then_the_same_command_writes_the_same_table(ci_run, tmp_path):
+    """SIGKILL to Snakemake alone while the K400 heads train (its jobs live on, orphaned), then the
+    same command again: the dead run's locks are removed, and the table is the uninterrupted run's,
+    byte for byte."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    ws, result = ci_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy, symlinks=True)
+    for folder in ("runs/k400", "results/metrics/k400"):  # the K400 jobs and the table are to do again
+        shutil.rmtree(copy / folder)
+    for table in (copy / "results").glob("table1.*"):
+        table.unlink()
+    env = {**tool_env(copy), "MLFLOW_TRACKING_URI": f"sqlite:///{copy / 'mlruns-killed.db'}"}
+    args = ("--cores", "2", "--configfile=params/ci.yaml", "results/table1.csv")
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen([SNAKEMAKE, *args], cwd=copy, env=env, stdout=log, stderr=log,
+                                   start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not list((copy / "runs/k400").rglob("state.pt")) and process.poll() is None:
+            assert time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)  # Snakemake only: its training jobs go on without it
+        process.wait()
+    assert not (copy / "results/table1.csv").exists(), "killed too late: the DAG had finished"
+    assert list((copy / ".snakemake/locks").glob("*.lock")), "the killed run left no lock to recover from"
+
+    again = snakemake(copy, *args, env=env)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "ended without releasing its locks" in again.stderr
+    for name in ("table1.csv", "table1.json"):
+        assert (copy / "results" / name).read_bytes() == (ws / "results" / name).read_bytes(), name
+    assert not list((copy / ".snakemake/locks").glob("*.lock"))
 
 
 def test_the_evaluate_rule_under_torchrun_gives_the_one_process_metrics(ci_run, mlflow_server, tmp_path):

@@ -16,6 +16,7 @@ from frozenrep.config import JobSpec
 from frozenrep.feature_cache import FeatureCache
 from frozenrep.io import (atomic_dir, atomic_path, file_digest, fingerprint_of, write_bytes_atomic,
                           write_json_atomic, write_text_atomic)
+from frozenrep.locks import job_lock
 from frozenrep.progress import log
 from frozenrep.runtime import pick_device, start_distributed
 from frozenrep.tasks import Task, get_task
@@ -107,6 +108,12 @@ def run_training(spec: JobSpec, checkpoint: Path, manifest: Path, out_head: Path
     writes files.
     """
     device, rank = start_distributed(spec.device)
+    with job_lock(out_head.parent, "training", hold=rank == 0):  # never beside an orphan of a killed run
+        _train(spec, checkpoint, manifest, out_head, out_curve, out_plot, device, rank)
+
+
+def _train(spec: JobSpec, checkpoint: Path, manifest: Path, out_head: Path, out_curve: Path | None,
+           out_plot: Path | None, device: torch.device, rank: int) -> None:
     job = prepare_job(spec, checkpoint, manifest, device)
     task, model, train_set = job.task, job.model, job.train_set
     cfg = spec.config(TrainConfig, "train")
@@ -184,6 +191,13 @@ def run_evaluation(spec: JobSpec, checkpoint: Path, manifest: Path, head: Path, 
     counts are its own share's).
     """
     device, rank = start_distributed(spec.device)
+    with job_lock(head.parent, "evaluation", hold=rank == 0):
+        _evaluate(spec, checkpoint, manifest, head, out_metrics, feature_cache, pictures, num_pictures, device, rank)
+
+
+def _evaluate(spec: JobSpec, checkpoint: Path, manifest: Path, head: Path, out_metrics: Path,
+              feature_cache: Path | None, pictures: Path | None, num_pictures: int, device: torch.device,
+              rank: int) -> None:
     job = prepare_job(spec, checkpoint, manifest, device)
     task, model, train_set, val_set = job.task, job.model, job.train_set, job.val_set
     meta = load_head_weights(model, head)
