@@ -12,6 +12,7 @@ import time
 
 import pandas as pd
 import pytest
+import yaml
 
 from workspace import REPO, make_workspace, snakemake
 
@@ -47,24 +48,30 @@ def slurm_jobs() -> list[dict[str, str]]:
 
 
 def test_ci_pipeline_runs_every_job_as_a_slurm_job(slurm_cluster, tmp_path):
+    """Every rule of table 1's DAG as a Slurm job, on the CI profile cut to one task (K400): the
+    other tasks' jobs are the same rules with other wildcards."""
     ws = make_workspace(tmp_path / "ws")
+    profile = yaml.safe_load((ws / "params/ci.yaml").read_text())
+    profile["tasks"] = ["k400"]
+    profile["table2"]["rungs"] = {"k400": profile["table2"]["rungs"]["k400"]}
+    (ws / "params/ci-k400.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     before = {job["id"] for job in slurm_jobs()}
     start = time.monotonic()
-    result = snakemake(ws, "--profile", "profiles/slurm-ci", "--configfile=params/ci.yaml", "results/table1.csv")
+    result = snakemake(ws, "--profile", "profiles/slurm-ci", "--configfile=params/ci-k400.yaml", "results/table1.csv")
     seconds = time.monotonic() - start
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
-    print(f"CI-sized pipeline through Slurm: {seconds:.0f} s")
+    print(f"CI-sized K400 pipeline through Slurm: {seconds:.0f} s")
 
     table = pd.read_csv(ws / "results" / "table1.csv")
     assert table[["backbone", "mode"]].values.tolist() == [["tiny-swin-none", "frozen"], ["tiny-swin-none", "finetune"]]
-    assert table[["coco_box_ap", "ade20k_miou", "k400_top1"]].notna().all().all()
+    assert table["k400_top1"].notna().all() and "coco_box_ap" not in table
 
-    # Each of the 18 jobs went through sbatch: the cluster ran it to completion under the rule's name
+    # Each of the 8 jobs went through sbatch: the cluster ran it to completion under the rule's name
     # (the plugin puts rule and wildcards in the job's comment) and the plugin kept its sbatch log.
     jobs = [job for job in slurm_jobs() if job["id"] not in before]
     rules = sorted(job["comment"].split("_wildcards")[0] for job in jobs)
-    assert rules == sorted(["rule_prepare_dataset"] * 3 + ["rule_create_local_backbone", "rule_fetch_checkpoint"]
-                           + ["rule_train_head"] * 6 + ["rule_evaluate_head"] * 6 + ["rule_table1"]), rules
+    assert rules == sorted(["rule_prepare_dataset", "rule_create_local_backbone", "rule_fetch_checkpoint"]
+                           + ["rule_train_head"] * 2 + ["rule_evaluate_head"] * 2 + ["rule_table1"]), rules
     assert {job["state"] for job in jobs} == {"COMPLETED"}, jobs
     logs = sorted(p.relative_to(ws / "logs" / "slurm").parts[0] for p in (ws / "logs" / "slurm").rglob("*.log"))
     assert logs == rules
