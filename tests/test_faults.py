@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from workspace import REPO, job_spec, make_workspace, snakemake
+from workspace import REPO, evaluate_here, in_this_process, job_spec, make_workspace, snakemake
 
+from frozenrep.jobs import run_training
 from frozenrep.tasks import TASK_NAMES
 
 pytestmark = pytest.mark.slow
@@ -23,9 +25,10 @@ PYTHON = sys.executable
 
 @pytest.fixture(scope="module", params=list(TASK_NAMES))
 def job_inputs(request, job_root):
-    """For one task: its CI-sized dataset with manifest beside the backbone, and a 16-step job spec."""
+    """For one task: its CI-sized dataset with manifest beside the backbone, and an 8-step job spec
+    (a state every 2 steps: room to be killed between two of them, and to resume after)."""
     root, entry = job_root
-    return root, job_spec(root, entry, request.param, "faults", steps=16, checkpoint_every=2, log_every=2)
+    return root, job_spec(root, entry, request.param, "faults", steps=8, checkpoint_every=2, log_every=2)
 
 
 def manifest(root, spec):
@@ -39,11 +42,7 @@ def train_cmd(root, spec, out):
 
 
 def evaluate(root, spec, head, out):
-    subprocess.run([PYTHON, str(REPO / "workflow_scripts/evaluate.py"), "--spec", json.dumps(spec), "--checkpoint",
-                    str(root / "tiny.safetensors"), "--manifest", manifest(root, spec), "--head",
-                    str(head), "--out", str(out)], check=True, capture_output=True)
-    metrics = json.loads(out.read_text())["metrics"]
-    return {k: v for k, v in metrics.items() if "seconds" not in k}  # wall-clock time differs, of course
+    return evaluate_here(spec, root / "tiny.safetensors", Path(manifest(root, spec)), head, out)
 
 
 def env():
@@ -52,13 +51,13 @@ def env():
 
 def test_sigkill_at_a_random_step_then_rerun_gives_the_same_head_and_metrics(job_inputs, tmp_path):
     root, spec = job_inputs
-    whole = tmp_path / "whole" / "head.safetensors"
-    done = subprocess.run(train_cmd(root, spec, whole), capture_output=True, text=True, env=env())
-    assert done.returncode == 0, done.stderr[-3000:]
+    whole = tmp_path / "whole" / "head.safetensors"  # the uninterrupted job (here: its imports are loaded)
+    in_this_process(run_training, spec, root / "tiny.safetensors", Path(manifest(root, spec)), whole,
+                    whole.parent / "curve.csv")
 
     killed = tmp_path / "killed" / "head.safetensors"
     state = killed.parent / "state.pt"
-    target = random.Random(spec["task"]).choice(range(2, 12, 2))  # kill after this checkpoint (seeded: repeatable)
+    target = random.Random(spec["task"]).choice(range(2, 6, 2))  # kill after this checkpoint (seeded: repeatable)
     process = subprocess.Popen(train_cmd(root, spec, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=env())
     deadline = time.monotonic() + 300
@@ -70,7 +69,7 @@ def test_sigkill_at_a_random_step_then_rerun_gives_the_same_head_and_metrics(job
     process.wait()
     assert not killed.exists(), "killed too late: the job had already finished"
     step_at_kill = torch.load(state, weights_only=True)["step"]
-    assert target <= step_at_kill < 16
+    assert target <= step_at_kill < 8
     subprocess.run(train_cmd(root, spec, killed), check=True, capture_output=True, env=env())
 
     a, b = load_file(str(whole)), load_file(str(killed))

@@ -99,3 +99,31 @@ def job_spec(root: Path, entry, task: str, study: str, **train) -> dict:
                              tracking={"uri": f"sqlite:///{root / 'mlruns.db'}"})
     spec.task_config["train"].update(train)
     return json.loads(spec.to_json())
+
+
+def in_this_process(run, spec: dict, *args, **kwargs) -> None:
+    """``run`` (``frozenrep.jobs.run_training`` or ``run_evaluation``) as its workflow script calls it,
+    on one thread as the rules give it, but in this process: without a new interpreter's imports."""
+    import json
+
+    import torch
+
+    from frozenrep.config import JobSpec
+    from frozenrep.runtime import job_process
+
+    threads = torch.get_num_threads()
+    try:
+        with job_process(1):
+            run(JobSpec.from_json(json.dumps(spec)), *args, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def evaluate_here(spec: dict, checkpoint: Path, manifest: Path, head: Path, out: Path) -> dict:
+    """The evaluation of ``head`` in this process (:func:`in_this_process`): its metrics without wall-clock times."""
+    import json
+
+    from frozenrep.jobs import run_evaluation
+
+    in_this_process(run_evaluation, spec, checkpoint, manifest, head, out)
+    return {k: v for k, v in json.loads(out.read_text())["metrics"].items() if "seconds" not in k}
