@@ -16,8 +16,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
-from workspace import REPO, job_spec
+from workspace import REPO, evaluate_here, in_this_process, job_spec
 
+from frozenrep.jobs import run_training
 from frozenrep.tasks import TASK_NAMES
 
 pytestmark = pytest.mark.slow
@@ -33,6 +34,17 @@ def job(root, entry, task, batch_size, name):
             "--manifest", str(manifest), "--out", str(out), "--curve", str(out.parent / "curve.csv")], out
 
 
+def single_process_head(root, entry, task):
+    """The one-process job with the whole batch (4), trained once in this process (the script's call):
+    the reference of the two-process training and the head the evaluations score."""
+    cmd, out = job(root, entry, task, 4, f"{task}-single")
+    if not out.exists():
+        spec = json.loads(cmd[cmd.index("--spec") + 1])
+        in_this_process(run_training, spec, root / "tiny.safetensors", root / f"{task}.manifest.json", out,
+                        out.parent / "curve.csv")
+    return cmd, out
+
+
 def run(cmd):
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -42,9 +54,8 @@ def run(cmd):
 @pytest.mark.parametrize("task", list(TASK_NAMES))
 def test_two_processes_train_what_one_process_with_the_whole_batch_trains(job_root, task):
     root, entry = job_root
-    single_cmd, single = job(root, entry, task, 4, f"{task}-single")
+    _, single = single_process_head(root, entry, task)
     ddp_cmd, ddp = job(root, entry, task, 2, f"{task}-ddp")  # 2 per process, 4 per step
-    run([sys.executable, *single_cmd])
     log = run([*TORCHRUN, *ddp_cmd]).stderr
     assert "Traceback" not in log
 
@@ -126,13 +137,12 @@ def test_a_job_killed_under_torchrun_resumes_to_the_uninterrupted_weights(job_ro
 def test_two_process_evaluation_gives_the_single_process_metric(job_root, task):
     """Each rank scores every other validation sample; the pooled predictions give exactly the metric."""
     root, entry = job_root
-    train_cmd, head = job(root, entry, task, 4, f"{task}-eval")
-    run([sys.executable, *train_cmd])
+    train_cmd, head = single_process_head(root, entry, task)
     spec = json.loads(train_cmd[train_cmd.index("--spec") + 1])
     evaluate = ["workflow_scripts/evaluate.py", "--spec", json.dumps(spec), "--checkpoint", str(root / "tiny.safetensors"),
                 "--manifest", str(root / f"{task}.manifest.json"), "--head", str(head)]
     single, pooled = head.parent / "single.json", head.parent / "pooled.json"
-    run([sys.executable, *evaluate, "--out", str(single)])
+    evaluate_here(spec, root / "tiny.safetensors", root / f"{task}.manifest.json", head, single)
     log = run([*TORCHRUN, *evaluate, "--out", str(pooled)]).stderr
     assert "Traceback" not in log
 
