@@ -251,3 +251,18 @@ def ci_run(tmp_path_factory, mlflow_server):
     result = snakemake(ws, "--cores", "2", "--configfile=params/ci.yaml", "results/table1.csv",
                        env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
     return ws, result
+
+
+@pytest.fixture(scope="session")
+def dvc_study(tmp_path_factory):
+    """The CI profile's study reproduced from scratch by ``dvc repro`` in a git + DVC workspace
+    (tables 1 to 3, tracked in the workspace's sqlite store), then committed: (workspace, completed
+    process). Tests that change it work on a copy (``workspace.copy_workspace``)."""
+    from workspace import dvc, git, make_dvc_workspace
+
+    root = tmp_path_factory.mktemp("dvc")
+    ws = make_dvc_workspace(root / "ws", "params/ci.yaml", root / "remote")
+    result = dvc(ws, "repro")
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    git(ws, "commit", "-qm", "study reproduced")  # dvc.lock (core.autostage staged it)
+    return ws, result

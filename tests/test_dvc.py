@@ -14,7 +14,7 @@ import yaml
 
 from frozenrep.tasks import TASK_NAMES
 
-from workspace import dvc, git, make_dvc_workspace, snakemake
+from workspace import copy_workspace, dvc, git, make_dvc_workspace, snakemake
 
 pytestmark = pytest.mark.workflow
 VERSIONED = ("data", "checkpoints", "results", "runs")
@@ -35,13 +35,10 @@ def snakemake_jobs(output):
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dvc")
-    ws = make_dvc_workspace(root / "ws", "params/ci.yaml", root / "remote")
-    result = dvc(ws, "repro")
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    git(ws, "commit", "-qm", "study reproduced")  # dvc.lock (core.autostage staged it)
-    return ws, result
+def study(dvc_study, tmp_path_factory):
+    """A copy of the study DVC reproduced from scratch, for the tests below to change in order."""
+    ws, result = dvc_study
+    return copy_workspace(ws, tmp_path_factory.mktemp("dvc-life") / "ws"), result
 
 
 def test_dvc_repro_gives_the_snakemake_table_byte_for_byte(study, ci_run):
@@ -52,6 +49,10 @@ def test_dvc_repro_gives_the_snakemake_table_byte_for_byte(study, ci_run):
     assert (ws / "results/table1.json").read_bytes() == (snakemake_ws / "results/table1.json").read_bytes()
     assert sorted(re.findall(r"Running stage '([\w@]+)'", result.stdout)) == [
         "checkpoints", "dataset@ade20k", "dataset@coco", "dataset@k400", "study"]
+    # table 2's rungs with the profile's head are table 1's jobs, run once; its other rungs have their own
+    jobs = snakemake_jobs(result.stdout + result.stderr)
+    assert {rule: jobs.get(rule) for rule in ("train_head", "train_head_rung", "evaluate_head_rung")} == {
+        "train_head": 6, "train_head_rung": 6, "evaluate_head_rung": 6}
     lock = yaml.safe_load((ws / "dvc.lock").read_text())
     assert lock["stages"]["study"]["params"]["params/ci.yaml"]["k400"]["train"]["steps"] == 6
     assert {o["path"] for o in lock["stages"]["study"]["outs"]} >= {"results/metrics", "results/table1.csv",

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pathlib import Path
 
-from workspace import REPO, SNAKEMAKE, make_workspace, snakemake, tool_env
+from workspace import REPO, SNAKEMAKE, copy_workspace, make_workspace, snakemake, tool_env
 
 pytestmark = pytest.mark.workflow
 
@@ -134,8 +134,7 @@ def test_snakemake_killed_mid_dag_then_the_same_command_writes_the_same_table(ci
 
     ws, result = ci_run
     assert result.returncode == 0, result.stderr[-3000:]
-    copy = tmp_path / "ws"
-    shutil.copytree(ws, copy, symlinks=True)
+    copy = copy_workspace(ws, tmp_path / "ws")
     for folder in ("runs/k400", "results/metrics/k400"):  # the K400 jobs and the table are to do again
         shutil.rmtree(copy / folder)
     for table in (copy / "results").glob("table1.*"):
@@ -165,12 +164,9 @@ def test_snakemake_killed_mid_dag_then_the_same_command_writes_the_same_table(ci
 def test_the_evaluate_rule_under_torchrun_gives_the_one_process_metrics(ci_run, mlflow_server, tmp_path):
     """`resources.processes: 2` for K400: the rule runs evaluate.py under torchrun (two gloo ranks on
     the CPU), and the metric file holds exactly what the one-process evaluation of the CI run wrote."""
-    import shutil
-
     ws, result = ci_run
     assert result.returncode == 0, result.stderr[-3000:]
-    copy = tmp_path / "ws"
-    shutil.copytree(ws, copy, symlinks=True)
+    copy = copy_workspace(ws, tmp_path / "ws")
     (copy / "two-ranks.yaml").write_text("k400:\n  resources:\n    processes: 2\n")
     target = "results/metrics/k400/tiny-swin-none/frozen/seed0.json"
     again = snakemake(copy, "--cores", "2", "-p", "--configfile", "params/ci.yaml", "two-ranks.yaml",
@@ -282,16 +278,13 @@ def test_report_holds_the_table_the_curves_and_the_pictures(ci_run):
 
 
 @pytest.fixture(scope="module")
-def tables_run(ci_run, tmp_path_factory):
-    """Tables 2 and 3 on a copy of the finished CI workspace, tracked in its own store: the CI
-    profile's head ladders, and a size ladder of two supervised backbones whose pretrainings are cut
-    to a few steps (a registry written here), with a published reference row."""
-    import shutil
-
-    ws, result = ci_run
-    assert result.returncode == 0, result.stderr[-3000:]
-    copy = tmp_path_factory.mktemp("tables") / "ws"
-    shutil.copytree(ws, copy, symlinks=True)
+def tables_run(dvc_study, tmp_path_factory):
+    """Tables 2 and 3 on a copy of the study DVC reproduced (tables 1 to 3 of the CI profile, its
+    head ladders included), tracked in the workspace's store, with a size ladder layered over it:
+    two supervised backbones whose pretrainings are cut to a few steps (a registry written here),
+    and a published reference row."""
+    ws, _ = dvc_study
+    copy = copy_workspace(ws, tmp_path_factory.mktemp("tables") / "ws")
     registry = yaml.safe_load((copy / "params/checkpoints.yaml").read_text())
     for entry in registry.values():
         if "train" in entry.get("create", {}):
@@ -304,21 +297,22 @@ def tables_run(ci_run, tmp_path_factory):
         "table3": {"backbones": ["tiny-swin-supervised-xs", "tiny-swin-supervised"], "modes": ["frozen"],
                    "published": [{"backbone": "giant-published", "pretraining": "supervised", "mode": "frozen",
                                   "backbone_params": 3.0e9, "source": "a paper", "metrics": {"k400_top1": 81.7}}]}}))
-    table1_metrics = {p: p.stat().st_mtime_ns for p in (copy / "results/metrics").rglob("*.json")}
-    uri = f"sqlite:///{copy / 'mlruns-tables.db'}"
+    done_before = {p: p.stat().st_mtime_ns for p in (copy / "results/metrics").rglob("*.json")}
+    uri = f"sqlite:///{copy / 'mlruns.db'}"
     args = ("results/table2.csv", "results/table3.csv", "--configfile", "params/ci.yaml", "params/ci-tables.yaml")
     result = snakemake(copy, "--cores", "2", *args, env={"MLFLOW_TRACKING_URI": uri})
     again = snakemake(copy, "-n", *args, env={"MLFLOW_TRACKING_URI": uri})
-    return copy, result, again, table1_metrics, uri
+    return copy, result, again, done_before, uri
 
 
 def test_tables_2_and_3_run_on_the_ci_profile(tables_run):
-    ws, result, again, table1_metrics, _ = tables_run
+    ws, result, again, done_before, _ = tables_run
     assert result.returncode == 0, result.stderr[-5000:]
     assert "Nothing to be done" in again.stdout + again.stderr
-    # the rungs with the profile's head are table 1's jobs: reused, not rerun
-    assert all(path.stat().st_mtime_ns == mtime for path, mtime in table1_metrics.items())
-    assert "train_head_rung" in result.stdout + result.stderr
+    # only the size ladder's jobs ran: what the study had made (tables 1 and 2) was reused, not rerun
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in done_before.items())
+    assert job_counts(result.stdout + result.stderr) == {
+        "create_local_backbone": 2, "fetch_checkpoint": 2, "train_head": 6, "evaluate_head": 6, "table3": 1}
 
     table2 = pd.read_csv(ws / "results/table2.csv")
     assert table2[["task", "rung", "mode"]].values.tolist() == [

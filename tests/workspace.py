@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "params", "profiles", "envs")
 DVC_FILES = ("src", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore")
@@ -23,6 +22,12 @@ def make_workspace(root: Path) -> Path:
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
     return root
+
+
+def copy_workspace(workspace: Path, copy: Path) -> Path:
+    """A copy of a (finished) workspace, modification times and links kept: Snakemake sees it as up to date."""
+    shutil.copytree(workspace, copy, symlinks=True)
+    return copy
 
 
 def make_dvc_workspace(root: Path, profile: str, remote: Path) -> Path:
