@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "params", "profiles", "envs")
 DVC_FILES = ("src", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore")
