@@ -209,12 +209,22 @@ def checkpoint_filter(arch: str):
 
 
 def create_model(entry: CheckpointEntry, num_classes: int = 0, **overrides: Any) -> "torch.nn.Module":
-    """Build the registry entry's timm architecture (random weights), accepting any input size."""
+    """Build the registry entry's timm architecture (random weights), accepting any input size.
+
+    Transformers with position embeddings are built with ``dynamic_img_size`` (resampled to the
+    input); CNNs, which take any size anyway, do not know the argument and are built without it.
+    """
     import timm
 
     kwargs = {**entry.arch_kwargs, **overrides}
-    kwargs.setdefault("dynamic_img_size", True)
-    return timm.create_model(entry.arch, pretrained=False, num_classes=num_classes, **kwargs)
+    if "dynamic_img_size" in kwargs:
+        return timm.create_model(entry.arch, pretrained=False, num_classes=num_classes, **kwargs)
+    try:
+        return timm.create_model(entry.arch, pretrained=False, num_classes=num_classes, dynamic_img_size=True, **kwargs)
+    except TypeError as err:
+        if "dynamic_img_size" not in str(err):
+            raise
+        return timm.create_model(entry.arch, pretrained=False, num_classes=num_classes, **kwargs)
 
 
 def load_into_model(entry: CheckpointEntry, path: str | Path, **overrides: Any) -> "torch.nn.Module":

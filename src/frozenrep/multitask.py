@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from frozenrep.backbones import BackboneAdapter, build_backbone
+from frozenrep.backbones import BackboneAdapter, adapter_in, build_backbone
 from frozenrep.checkpoints import CheckpointEntry
 from frozenrep.config import job_spec
 from frozenrep.jobs import checkpoint_sha256, load_head_weights
@@ -57,9 +57,9 @@ class SharedBackbone(nn.Module):
         self.tasks = {name: get_task(name) for name in heads}
         self.heads = nn.ModuleDict(heads)
         for name, head in heads.items():
-            if self.tasks[name].adapter(head).body is not body:
+            if adapter_in(self.tasks[name].levels(head)).body is not body:
                 raise MultiTaskError(f"the {name} head is not built on the shared body (use adapter_of(body))")
-        self.stride = max(self.tasks[n].adapter(h).strides[-1] for n, h in heads.items())
+        self.stride = max(self.tasks[n].levels(h).strides[-1] for n, h in heads.items())
         self.register_buffer("mean", torch.tensor(entry.input_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(entry.input_std).view(1, 3, 1, 1), persistent=False)
         self.body_passes = 0
@@ -91,7 +91,7 @@ class SharedBackbone(nn.Module):
         out = {}
         for name, head in self.heads.items():
             task = self.tasks[name]
-            with task.adapter(head).given_features(inputs, feats):
+            with adapter_in(task.levels(head)).given_features(inputs, feats):
                 out[name] = task.shared_predict(head, inputs)
         return out
 

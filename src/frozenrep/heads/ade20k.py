@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frozenrep.backbones import BackboneAdapter
+from frozenrep.backbones import BackboneAdapter, Levels, feature_levels
 from frozenrep.randomness import current_batch_seeds, sample_rng
 
 IGNORE_INDEX = 255
@@ -130,9 +130,9 @@ class SegmentationHeadConfig:
 
 
 class AdapterEncoder(nn.Module):
-    """The backbone adapter in the shape Mask2Former's pixel-level module expects."""
+    """The backbone's levels in the shape Mask2Former's pixel-level module expects."""
 
-    def __init__(self, adapter: BackboneAdapter) -> None:
+    def __init__(self, adapter: Levels) -> None:
         super().__init__()
         self.adapter = adapter
         self.channels = list(adapter.channels)
@@ -171,9 +171,10 @@ class Mask2FormerSegmenter(nn.Module):
         from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
         from transformers.models.mask2former.modeling_mask2former import Mask2FormerPixelDecoder
 
+        backbone = feature_levels(backbone)
         if head.feature_levels > len(backbone.channels) - 1:
             raise ValueError(f"ade20k.head.feature_levels is {head.feature_levels}, but the backbone has only "
-                             f"{len(backbone.channels)} stages (one is kept for the mask features).")
+                             f"{len(backbone.channels)} levels (one is kept for the mask features).")
         # A one-stage placeholder backbone keeps construction cheap; it is replaced right below.
         placeholder = SwinConfig(embed_dim=8, depths=[1], num_heads=[1], out_features=["stage1"])
         self.config = Mask2FormerConfig(
@@ -202,8 +203,8 @@ class Mask2FormerSegmenter(nn.Module):
         self.register_buffer("std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
 
     @property
-    def backbone(self) -> BackboneAdapter:
-        """The shared adapter (registered once, inside the encoder, so its weights are saved once)."""
+    def backbone(self) -> Levels:
+        """The backbone's levels (registered once, inside the encoder, so its weights are saved once)."""
         return self.model.model.pixel_level_module.encoder.adapter
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:

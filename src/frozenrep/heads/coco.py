@@ -21,7 +21,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from frozenrep.backbones import BackboneAdapter
+from frozenrep.backbones import BackboneAdapter, Levels, feature_levels
 from frozenrep.randomness import current_batch_seeds, sample_rng
 
 
@@ -57,9 +57,9 @@ def _group_norm(channels: int) -> nn.GroupNorm:
 
 
 class FPNBackbone(nn.Module):
-    """Backbone adapter followed by a feature pyramid; ``out_channels`` as torchvision expects."""
+    """The backbone's levels followed by a feature pyramid; ``out_channels`` as torchvision expects."""
 
-    def __init__(self, body: BackboneAdapter, out_channels: int, extra_blocks: str = "maxpool",
+    def __init__(self, body: Levels, out_channels: int, extra_blocks: str = "maxpool",
                  repeats: int = 1) -> None:
         super().__init__()
         if extra_blocks not in ("maxpool", "none"):
@@ -122,18 +122,20 @@ class PerSampleSampler(BalancedPositiveNegativeSampler):
 
 def build_mask_rcnn(backbone: BackboneAdapter, num_classes: int, head: DetectionHeadConfig,
                     image_mean: Sequence[float], image_std: Sequence[float]) -> MaskRCNN:
-    """Mask R-CNN with FPN on ``backbone``; sized from the adapter's channels and levels only."""
-    fpn = FPNBackbone(backbone, head.fpn_channels, head.extra_blocks, head.fpn_repeats)
+    """Mask R-CNN with FPN on ``backbone``'s levels (:func:`~frozenrep.backbones.feature_levels`);
+    sized from their channels and strides only."""
+    levels = feature_levels(backbone)
+    fpn = FPNBackbone(levels, head.fpn_channels, head.extra_blocks, head.fpn_repeats)
     if len(head.anchor_sizes) != fpn.num_levels:
         raise ValueError(f"coco.head.anchor_sizes has {len(head.anchor_sizes)} levels, but the FPN on this "
-                         f"backbone has {fpn.num_levels} ({len(backbone.channels)} stages"
+                         f"backbone has {fpn.num_levels} ({len(levels.channels)} levels"
                          f"{' + max-pool level' if head.extra_blocks == 'maxpool' else ''}); give one tuple per level.")
     anchors = AnchorGenerator(tuple(tuple(s) for s in head.anchor_sizes),
                               (tuple(head.aspect_ratios),) * fpn.num_levels)
     channels = head.fpn_channels
     rpn_head = RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=head.rpn_convs)
-    box_pool = MultiScaleRoIAlign(backbone.names, output_size=7, sampling_ratio=head.roi_sampling_ratio)
-    mask_pool = MultiScaleRoIAlign(backbone.names, output_size=14, sampling_ratio=head.roi_sampling_ratio)
+    box_pool = MultiScaleRoIAlign(levels.names, output_size=7, sampling_ratio=head.roi_sampling_ratio)
+    mask_pool = MultiScaleRoIAlign(levels.names, output_size=14, sampling_ratio=head.roi_sampling_ratio)
     if head.box_head_convs > 0:
         box_head: nn.Module = FastRCNNConvFCHead((channels, 7, 7), [channels] * head.box_head_convs,
                                                  [head.box_head_fc], norm_layer=_group_norm)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frozenrep.backbones import BackboneAdapter
+from frozenrep.backbones import BackboneAdapter, feature_levels
 
 
 @dataclass
@@ -35,10 +35,10 @@ class VideoClassifier(nn.Module):
     def __init__(self, backbone: BackboneAdapter, num_classes: int, head: VideoHeadConfig,
                  image_mean, image_std) -> None:
         super().__init__()
-        self.backbone = backbone
+        self.backbone = feature_levels(backbone)  # the adapter, or a simple feature pyramid on a plain one
         self.head_cfg = head
-        self.level = backbone.names[head.level]
-        channels = backbone.channels[head.level]
+        self.level = self.backbone.names[head.level]
+        channels = self.backbone.channels[head.level]
         self.project = nn.Linear(channels * head.spatial_pool ** 2, head.width)
         self.time_embed = nn.Parameter(torch.zeros(1, head.num_frames, head.width))
         nn.init.trunc_normal_(self.time_embed, std=0.02)
@@ -54,7 +54,7 @@ class VideoClassifier(nn.Module):
     @property
     def backbone_levels(self) -> list[str]:
         """The backbone levels this head reads (a feature cache keeps only these)."""
-        return [self.level]
+        return self.backbone.source_levels([self.level])
 
     def frame_features(self, video: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) in 0..1 -> (B, T, width): every frame through the backbone in one batch."""

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import Dataset
 
-    from frozenrep.backbones import BackboneAdapter
+    from frozenrep.backbones import BackboneAdapter, Levels
     from frozenrep.checkpoints import CheckpointEntry
 
 
@@ -96,7 +96,7 @@ class Task:
     # the shared multi-task pass (frozenrep.multitask)
     class_names: Callable[[Path], list[str]]                           # from the dataset's small files
     num_classes: Callable[[list[str]], int]                            # the head's outputs for those names
-    adapter: Callable[["nn.Module"], "BackboneAdapter"]                # the backbone adapter in the model
+    levels: Callable[["nn.Module"], "Levels"]                          # what the head reads its levels from
     check_frames: Callable[["nn.Module", int], None]                   # refuse a clip the head cannot take
     shared_predict: Callable[["nn.Module", "torch.Tensor"], Any]       # normalised frames (T,3,H,W) -> output
     summarise: Callable[[Any, list[str], float], dict[str, Any]]       # output, names, score threshold -> JSON

@@ -78,5 +78,5 @@ def segmentation_pictures(model: torch.nn.Module, dataset: Any, out_dir: Path, c
 
 
 TASK = Task(TASKS["ade20k"], datasets, build_head, segmentation_loss, collate, evaluate, pictures,
-            class_names=read_class_names, num_classes=len, adapter=lambda model: model.backbone,
+            class_names=read_class_names, num_classes=len, levels=lambda model: model.backbone,
             check_frames=lambda model, frames: None, shared_predict=shared_predict, summarise=summarise)

@@ -97,5 +97,5 @@ def detection_pictures(dataset: Any, results: list[dict[str, Any]], out_dir: Pat
 
 TASK = Task(TASKS["coco"], datasets, build_head, detection_loss, collate, evaluate, pictures,
             class_names=class_names, num_classes=lambda names: len(names) + 1,  # + background
-            adapter=lambda model: model.backbone.body, check_frames=lambda model, frames: None,
+            levels=lambda model: model.backbone.body, check_frames=lambda model, frames: None,
             shared_predict=detect, summarise=summarise)

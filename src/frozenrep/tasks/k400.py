@@ -88,7 +88,7 @@ def video_pictures(index: Any, scores: torch.Tensor, clips: Iterable[tuple[int, 
 
 
 TASK = Task(TASKS["k400"], datasets, build_head, video_loss, collate, evaluate, pictures,
-            class_names=class_names, num_classes=len, adapter=lambda model: model.backbone,
+            class_names=class_names, num_classes=len, levels=lambda model: model.backbone,
             check_frames=lambda model, frames: model.check_frames(frames), shared_predict=shared_predict,
             summarise=summarise)
 
