@@ -51,9 +51,19 @@ def run(cmd):
     return done
 
 
-@pytest.mark.parametrize("task", list(TASK_NAMES))
-def test_two_processes_train_what_one_process_with_the_whole_batch_trains(job_root, task):
-    root, entry = job_root
+@pytest.fixture(scope="module")
+def vit_root(tmp_path_factory, registry):
+    """As ``job_root``, with the plain ViT (its simple feature pyramid trains with the head)."""
+    from frozenrep.local_backbones import create_local_backbone
+
+    root = tmp_path_factory.mktemp("vit-jobs")
+    create_local_backbone(registry["tiny-vit-none"], root / "tiny.safetensors")
+    return root, registry["tiny-vit-none"]
+
+
+@pytest.mark.parametrize("backbone, task", [("swin", t) for t in TASK_NAMES] + [("vit", "ade20k")])
+def test_two_processes_train_what_one_process_with_the_whole_batch_trains(request, backbone, task):
+    root, entry = request.getfixturevalue("job_root" if backbone == "swin" else "vit_root")
     _, single = single_process_head(root, entry, task)
     ddp_cmd, ddp = job(root, entry, task, 2, f"{task}-ddp")  # 2 per process, 4 per step
     log = run([*TORCHRUN, *ddp_cmd]).stderr

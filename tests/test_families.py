@@ -93,3 +93,15 @@ def test_check_command_reports_what_fails_and_why(registry, ci_config, tmp_path,
     results = check_backbone(ci_config, {**registry, "resnet-os16": dilated}, "resnet-os16", tasks=["coco"])
     assert [r.ok for r in results] == [False, False]
     assert all("BackboneError" in r.error and "none at [32]" in r.error for r in results)
+
+
+def test_a_video_head_on_a_vit_builds_and_runs_only_the_pyramid_level_it_reads(registry):
+    from frozenrep.config import config_from
+    from frozenrep.heads.k400 import VideoClassifier, VideoHeadConfig
+
+    entry = registry["tiny-vit-none"]
+    head = config_from(VideoHeadConfig, dict(num_frames=2, depth=0, width=8, num_heads=2, level=1), "k400.head")
+    model = VideoClassifier(build_backbone(entry, None, mode="frozen"), 3, head, entry.input_mean, entry.input_std)
+    assert list(model.backbone.scales) == ["stage2"] and model.level == "stage2"   # stride 8 only
+    assert model.backbone_levels == ["plain"]                                      # cached: the ViT's map
+    assert model(torch.rand(1, 3, 2, 64, 64)).shape == (1, 3)

@@ -117,7 +117,7 @@ def test_a_fingerprint_sees_every_value_and_its_lowest_bit_but_not_the_memory_la
 
 
 @pytest.mark.parametrize("on_disk", [True, False])
-def test_a_video_head_caches_only_the_level_it_reads(tiny_entry, tmp_path, on_disk):
+def test_a_video_head_caches_only_the_level_it_reads(tiny_entry, tmp_path, on_disk):  # a ViT's: test_families
     torch.manual_seed(0)
     head = config_from(VideoHeadConfig, dict(num_frames=4, depth=1, width=16, num_heads=2), "k400.head")
     model = VideoClassifier(build_backbone(tiny_entry, None, mode="frozen"), 3, head, tiny_entry.input_mean,
@@ -191,3 +191,36 @@ def test_evaluation_metrics_are_the_same_with_the_cache(tiny_detector, tiny_coco
     evaluate_detection(model, val, batch_size=2)
     cached, _ = evaluate_detection(model, val, batch_size=2)
     assert cached == plain
+
+
+@pytest.mark.parametrize("task", ["coco", "k400"])
+def test_a_vits_cached_map_gives_the_heads_and_their_pyramids_the_uncached_outputs(registry, tmp_path, task):
+    """The cache holds the frozen ViT's stride-16 map; the trainable pyramid runs after it."""
+    from conftest import TINY_HEAD
+
+    from frozenrep.backbones import adapter_in
+    from frozenrep.heads.coco import DetectionHeadConfig, build_mask_rcnn
+
+    entry = registry["tiny-vit-none"]
+    torch.manual_seed(0)
+    backbone = build_backbone(entry, None, mode="frozen")
+    if task == "coco":
+        model = build_mask_rcnn(backbone, 4, config_from(DetectionHeadConfig, TINY_HEAD, "coco.head"),
+                                entry.input_mean, entry.input_std).eval()
+        inputs = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    else:
+        head = config_from(VideoHeadConfig, dict(num_frames=4, depth=1, width=16, num_heads=2), "k400.head")
+        model = VideoClassifier(backbone, 3, head, entry.input_mean, entry.input_std).eval()
+        inputs = torch.rand(2, 3, 4, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(inputs)
+        checkpoint = tmp_path / "weights.safetensors"
+        checkpoint.write_bytes(b"stand-in")
+        (cache,) = attach_feature_cache(model, checkpoint, tmp_path / "cache")
+        assert cache.levels in (None, ("plain",))
+        cold, warm = model(inputs), model(inputs)
+    flat = (lambda out: torch.cat([torch.cat([d["boxes"].flatten(), d["scores"]]) for d in out])) if task == "coco" \
+        else (lambda out: out)
+    assert cache.misses > 0 and cache.hits == cache.misses and flat(reference).numel() > 0
+    assert torch.equal(flat(cold), flat(reference)) and torch.equal(flat(warm), flat(reference))
+    assert adapter_in(model.backbone.body if task == "coco" else model.backbone).cache is cache

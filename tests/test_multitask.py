@@ -20,12 +20,14 @@ from frozenrep.multitask import MultiTaskError, SharedBackbone, adapter_of
 FRAMES = 4
 
 
-@pytest.fixture
-def shared(tiny_entry):
-    """Three randomly initialised heads on one frozen tiny-Swin body."""
+@pytest.fixture(params=["tiny-swin-none", "tiny-vit-none"])
+def shared(request, registry):
+    """Three randomly initialised heads on one frozen tiny body: a Swin, and a plain ViT whose heads
+    each put their own simple feature pyramid on the shared map."""
+    entry = registry[request.param]
     torch.manual_seed(0)
-    body = build_backbone(tiny_entry, None, mode="frozen").body
-    mean, std = tiny_entry.input_mean, tiny_entry.input_std
+    body = build_backbone(entry, None, mode="frozen").body
+    mean, std = entry.input_mean, entry.input_std
     heads = {
         "coco": build_mask_rcnn(adapter_of(body), 4, config_from(DetectionHeadConfig, TINY_HEAD, "coco.head"), mean, std),
         "ade20k": Mask2FormerSegmenter(adapter_of(body), 5, config_from(SegmentationHeadConfig, dict(
@@ -35,7 +37,7 @@ def shared(tiny_entry):
     }
     for head in heads.values():
         head.eval()
-    return SharedBackbone(body, heads, tiny_entry)
+    return SharedBackbone(body, heads, entry)
 
 
 def count_forwards(module):

@@ -166,10 +166,11 @@ class SimpleFeaturePyramid(nn.Module):
     convolutions do.
 
     It exposes the adapter's interface (``names``, ``channels``, ``strides``); ``adapter`` is the
-    backbone it reads, frozen or not, while the pyramid itself always trains.
+    backbone it reads, frozen or not, while the pyramid itself always trains. ``keep`` (level
+    indices): build and return only those levels (a head that reads one level, the video head).
     """
 
-    def __init__(self, adapter: BackboneAdapter) -> None:
+    def __init__(self, adapter: BackboneAdapter, keep: list[int] | None = None) -> None:
         super().__init__()
         from timm.layers import LayerNorm2d
 
@@ -178,16 +179,18 @@ class SimpleFeaturePyramid(nn.Module):
                                 f"has levels at strides {adapter.strides}")
         self.adapter = adapter
         dim = adapter.channels[0]
-        self.scales = nn.ModuleList([
-            nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2), nn.GELU(),
-                          nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2)),
-            nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),
-            nn.Identity(),
-            nn.MaxPool2d(2, stride=2),
-        ])
+        builders = [
+            lambda: nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2), nn.GELU(),
+                                  nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2)),
+            lambda: nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),
+            nn.Identity,
+            lambda: nn.MaxPool2d(2, stride=2),
+        ]
         self.channels: list[int] = [dim // 4, dim // 2, dim, dim]
         self.strides: list[int] = list(HEAD_STRIDES)
         self.names: list[str] = [f"stage{i + 1}" for i in range(len(self.channels))]
+        self.kept = sorted({i % len(self.names) for i in keep}) if keep is not None else list(range(len(self.names)))
+        self.scales = nn.ModuleDict({self.names[i]: builders[i]() for i in self.kept})
 
     @property
     def frozen(self) -> bool:
@@ -202,15 +205,16 @@ class SimpleFeaturePyramid(nn.Module):
 
     def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         (top,) = self.adapter(images).values()
-        return OrderedDict((name, scale(top)) for name, scale in zip(self.names, self.scales))
+        return OrderedDict((name, scale(top)) for name, scale in self.scales.items())
 
 
 Levels = BackboneAdapter | SimpleFeaturePyramid  # what a head reads its levels from
 
 
-def feature_levels(adapter: BackboneAdapter) -> Levels:
-    """What the heads read on ``adapter``: the adapter itself, or a simple feature pyramid on a plain one."""
-    return SimpleFeaturePyramid(adapter) if adapter.plain else adapter
+def feature_levels(adapter: BackboneAdapter, keep: list[int] | None = None) -> Levels:
+    """What the heads read on ``adapter``: the adapter itself, or a simple feature pyramid on a plain one
+    (of the levels ``keep`` only, when given)."""
+    return SimpleFeaturePyramid(adapter, keep) if adapter.plain else adapter
 
 
 def adapter_in(levels: Levels) -> BackboneAdapter:

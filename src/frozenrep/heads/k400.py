@@ -35,7 +35,7 @@ class VideoClassifier(nn.Module):
     def __init__(self, backbone: BackboneAdapter, num_classes: int, head: VideoHeadConfig,
                  image_mean, image_std) -> None:
         super().__init__()
-        self.backbone = feature_levels(backbone)  # the adapter, or a simple feature pyramid on a plain one
+        self.backbone = feature_levels(backbone, keep=[head.level])  # the adapter, or a pyramid on a plain one
         self.head_cfg = head
         self.level = self.backbone.names[head.level]
         channels = self.backbone.channels[head.level]
