@@ -381,3 +381,26 @@ def test_report_of_tables_2_and_3(tables_run):
     for caption in ("Table 2 of study &quot;ci&quot;, head capacity", "Table 3 of study &quot;ci&quot;, backbone size",
                     "Table 2 as lines", "Table 3 as lines"):
         assert caption in html, caption
+
+
+def test_table1_over_backbone_families_through_registry_entries_and_a_profile(ci_run, tmp_path):
+    """The user's path for other families: registry entries listed as `backbones` in a profile layer;
+    Snakemake creates, fetches and trains them all, and table 1 has a row for every backbone with a
+    number for every task. Frozen only here (the fine-tuned heads run the same code: test_families)."""
+    import pandas as pd
+    import yaml
+
+    ws, result = ci_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    copy = copy_workspace(ws, tmp_path / "ws")
+    families = yaml.safe_load((copy / "params/families.yaml").read_text())["backbones"]
+    env = {**tool_env(copy), "MLFLOW_TRACKING_URI": f"sqlite:///{copy / 'mlruns-families.db'}"}
+    done = snakemake(copy, "--cores", "2", "--configfile", "params/ci.yaml", "params/families.yaml",
+                     "--config", "modes=[frozen]", "--", "results/table1.csv", env=env)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    table = pd.read_csv(copy / "results/table1.csv")
+    assert sorted(table["backbone"]) == sorted(families) and set(table["mode"]) == {"frozen"}
+    metrics = [c for c in table.columns if c.split("_")[0] in ("coco", "ade20k", "k400")]
+    assert len(metrics) >= 4 and table[metrics].notna().all().all(), table.to_string()
+    ran = job_counts(done.stdout + done.stderr)
+    assert ran.get("train_head") == ran.get("evaluate_head") == 3 * (len(families) - 1), ran  # Swin's were done
