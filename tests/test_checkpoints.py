@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 from dataclasses import replace
@@ -10,7 +11,9 @@ from dataclasses import replace
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
+
+from conftest import REPO
 
 from frozenrep.backbones import build_backbone
 from frozenrep.checkpoints import (
@@ -71,15 +74,72 @@ def test_official_swin_b_download_resume_convert_and_strict_load(swin_base_offic
                                                         (1, 1024, 7, 9)]
 
 
-def test_timm_hub_source_fetched_through_hf_endpoint(http_server, tmp_path, tiny_entry, monkeypatch):
-    src = tmp_path / "tiny.safetensors"
-    create_local_backbone(tiny_entry, src)
-    body = src.read_bytes()
-    http_server.add("/timm/swin_base_patch4_window7_224.ms_in1k/resolve/main/model.safetensors", body)
-    monkeypatch.setenv("HF_ENDPOINT", http_server.base)
-    entry = replace(tiny_entry, source="timm:swin_base_patch4_window7_224.ms_in1k", sha256=None)
-    digest = fetch_checkpoint(entry, tmp_path / "hub.safetensors")
-    assert digest == hashlib.sha256(body).hexdigest()
+def hub_cache(root, repo: str, payload: bytes, commit: str = "0123456789abcdef0123456789abcdef01234567"):
+    """A Hugging Face hub cache holding ``repo``'s model.safetensors, in huggingface_hub's layout
+    (blobs named by their sha256, snapshots linking to them, refs/main naming the commit)."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    blob = folder / "blobs" / hashlib.sha256(payload).hexdigest()
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(payload)
+    snapshot = folder / "snapshots" / commit / "model.safetensors"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.symlink_to(f"../../blobs/{blob.name}")
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    return root
+
+
+def test_timm_hub_source_comes_through_huggingface_hubs_client_and_cache(tmp_path, registry):
+    """`frozenrep-checkpoint fetch` of a timm: entry, offline, from a populated hub cache: the file
+    huggingface_hub resolves is verified, copied, and loads strictly into the entry's architecture."""
+    import subprocess
+    import sys
+
+    entry = replace(registry["vit-b16-mae"], arch_kwargs=dict(embed_dim=32, depth=2, num_heads=2))
+    model = timm.create_model(entry.arch, num_classes=0, **entry.arch_kwargs)
+    payload = save(dict(model.state_dict()))
+    cache = hub_cache(tmp_path / "hub", "timm/vit_base_patch16_224.mae", payload)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    dest = tmp_path / "vit-b16-mae.safetensors"
+    cli = [sys.executable, "-m", "frozenrep.cli.checkpoint", "fetch", "vit-b16-mae", "--dest", str(dest)]
+    done = subprocess.run(cli, capture_output=True, text=True, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert dest.read_bytes() == payload and "no pinned sha256" in done.stderr
+    assert (tmp_path / "vit-b16-mae.safetensors.sha256").read_text().split()[0] == hashlib.sha256(payload).hexdigest()
+    loaded = load_into_model(entry, dest)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+    empty = {**env, "HF_HUB_CACHE": str(tmp_path / "empty")}
+    refused = subprocess.run(cli, capture_output=True, text=True, env=empty, cwd=REPO)
+    assert refused.returncode != 0
+    assert "registry entry vit-b16-mae: timm/vit_base_patch16_224.mae/model.safetensors is not in the Hugging Face " \
+           "cache" in refused.stderr
+
+
+def test_official_dinov2_release_with_registers_is_converted_by_timm_and_loads_strictly(http_server, tmp_path,
+                                                                                       registry):
+    """Meta's DINOv2 layout (class token's position inside pos_embed, register_tokens, mask_token) over
+    HTTP, converted by timm's filter into the register model: the weights are the same network's."""
+    entry = replace(registry["tiny-dinov2-none"], source=f"{http_server.base}/dinov2_reg4_pretrain.pth",
+                    format="official", create=None)
+    torch.manual_seed(0)
+    model = timm.create_model(entry.arch, num_classes=0, **entry.arch_kwargs)
+    timm_state = model.state_dict()
+    class_position = torch.randn(1, 1, timm_state["pos_embed"].shape[-1])
+    official = {k: v for k, v in timm_state.items() if k not in ("reg_token", "cls_token", "pos_embed")}
+    official.update(register_tokens=timm_state["reg_token"], cls_token=timm_state["cls_token"] - class_position,
+                    pos_embed=torch.cat([class_position, timm_state["pos_embed"]], 1),
+                    mask_token=torch.zeros(1, timm_state["pos_embed"].shape[-1]))
+    buffer = io.BytesIO()
+    torch.save(official, buffer)
+    http_server.add("/dinov2_reg4_pretrain.pth", buffer.getvalue())
+    dest = tmp_path / "dinov2.pth"
+    fetch_checkpoint(entry, dest)
+    loaded = load_into_model(entry, dest).state_dict()
+    assert loaded.keys() == timm_state.keys()
+    assert all(torch.allclose(loaded[k], timm_state[k], atol=1e-6) for k in timm_state)
+    feats = build_backbone(entry, dest)(torch.rand(1, 3, 64, 64))
+    assert [tuple(f.shape) for f in feats.values()] == [(1, 32, 4, 4)]
 
 
 def test_local_backbone_is_deterministic_and_loads(tmp_path, tiny_entry):

@@ -1,8 +1,11 @@
 """The checkpoint registry (params/checkpoints.yaml): fetching, safe loading, conversion to timm.
 
 Fetched checkpoints are data, never code: safetensors files are read with safetensors, everything
-else with ``torch.load(weights_only=True)``. Official Microsoft Swin/SwinV2 checkpoints are
-converted to timm keys by timm's own ``checkpoint_filter_fn`` and loaded strictly.
+else with ``torch.load(weights_only=True)``. Official releases (Microsoft's Swin/SwinV2, Meta's
+DINOv2 and MAE, OpenAI's CLIP) are converted to timm keys by timm's own ``checkpoint_filter_fn`` of
+the architecture's module and loaded strictly. ``timm:<arch>.<tag>`` sources come from the Hugging
+Face hub through ``huggingface_hub``'s client and cache (``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``,
+``HF_ENDPOINT`` and ``HF_TOKEN`` work as everywhere else).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ if TYPE_CHECKING:
 from frozenrep.io import write_text_atomic
 from frozenrep.progress import log
 
-FORMATS = ("official-swin", "official-swinv2", "timm", "safetensors")
-HF_ENDPOINT_DEFAULT = "https://huggingface.co"
+FORMATS = ("official-swin", "official-swinv2", "official", "timm", "safetensors")
+CONVERTED = ("official-swin", "official-swinv2", "official", "timm")  # through timm's checkpoint_filter_fn
+HUB_FILE = "model.safetensors"  # what timm's hub repositories hold
 
 
 class CheckpointError(RuntimeError):
@@ -84,23 +88,52 @@ def load_registry(path: str | Path) -> dict[str, CheckpointEntry]:
     if errors:
         lines = [f"  {'.'.join(str(p) for p in e.path) or '<top>'}: {e.message}" for e in errors[:10]]
         raise CheckpointError(f"checkpoint registry {path} is invalid:\n" + "\n".join(lines))
-    return {name: CheckpointEntry.from_dict(item, name) for name, item in raw.items()}
+    return {name: CheckpointEntry.from_dict(with_hub_normalisation(item), name) for name, item in raw.items()}
+
+
+def with_hub_normalisation(item: dict[str, Any]) -> dict[str, Any]:
+    """A ``timm:`` entry's input mean and std, where the registry gives none, from timm's pretrained
+    config of the tag (CLIP's and some ViTs' differ from ImageNet's)."""
+    if not item["source"].startswith("timm:") or ("input_mean" in item and "input_std" in item):
+        return item
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(item["source"][len("timm:"):])
+    if cfg is None:
+        return item  # hub_repo() says what is wrong when the entry is fetched
+    return {"input_mean": list(cfg.mean), "input_std": list(cfg.std), **item}
+
+
+def hub_repo(entry: CheckpointEntry) -> str:
+    """The Hugging Face hub repository of a ``timm:<arch>.<tag>`` source (timm's pretrained config)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(entry.source[len("timm:"):])
+    if cfg is None or not cfg.hf_hub_id:
+        raise CheckpointError(f"registry entry {entry.name}: {entry.source} names no timm hub weights; "
+                              "use a name from `timm.list_pretrained()`.")
+    return cfg.hf_hub_id
 
 
 def resolve_source(entry: CheckpointEntry) -> str:
-    """The URL to fetch: ``timm:<arch>.<tag>`` becomes the Hugging Face hub file (honours HF_ENDPOINT)."""
-    if entry.source.startswith("timm:"):
-        import os
+    """What to fetch: the entry's URL, or for ``timm:`` the file in huggingface_hub's cache, downloaded
+    by its client first when it is not there."""
+    if not entry.source.startswith("timm:"):
+        return entry.source
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-        import timm
-
-        cfg = timm.models.get_pretrained_cfg(entry.source[len("timm:"):])
-        if cfg is None or not cfg.hf_hub_id:
-            raise CheckpointError(f"registry entry {entry.name}: {entry.source} names no timm hub weights; "
-                                  "use a name from `timm.list_pretrained()`.")
-        endpoint = os.environ.get("HF_ENDPOINT", HF_ENDPOINT_DEFAULT).rstrip("/")
-        return f"{endpoint}/{cfg.hf_hub_id}/resolve/main/model.safetensors"
-    return entry.source
+    repo = hub_repo(entry)
+    try:
+        path = hf_hub_download(repo, HUB_FILE)
+    except LocalEntryNotFoundError as err:
+        raise CheckpointError(f"registry entry {entry.name}: {repo}/{HUB_FILE} is not in the Hugging Face cache and "
+                              f"could not be downloaded ({str(err).splitlines()[0]}). Connect to the hub, or put the "
+                              "file in the cache (`huggingface-cli download` on a machine with access).") from err
+    except HfHubHTTPError as err:
+        raise CheckpointError(f"registry entry {entry.name}: the hub refused {repo}/{HUB_FILE}: "
+                              f"{str(err).splitlines()[0]}") from err
+    return Path(path).resolve().as_uri()
 
 
 def expected_sha256(entry: CheckpointEntry) -> str | None:
@@ -244,7 +277,7 @@ def load_into_model(entry: CheckpointEntry, path: str | Path, **overrides: Any) 
         state = {k: v for k, v in state.items() if not any(re.search(p, k) for p in entry.drop_keys)}
     head = state.get("head.fc.weight", state.get("head.weight"))
     model = create_model(entry, num_classes=0 if head is None else head.shape[0], **overrides)
-    if entry.format in ("official-swin", "official-swinv2", "timm"):
+    if entry.format in CONVERTED:
         state = checkpoint_filter(entry.arch)(state, model)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
