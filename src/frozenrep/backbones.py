@@ -192,12 +192,7 @@ class SimpleFeaturePyramid(nn.Module):
         self.kept = sorted({i % len(self.names) for i in keep}) if keep is not None else list(range(len(self.names)))
         self.scales = nn.ModuleDict({self.names[i]: builders[i]() for i in self.kept})
 
-    @property
-    def frozen(self) -> bool:
-        return self.adapter.frozen
-
-    def output_shape(self) -> dict[str, tuple[int, int]]:
-        return {n: (c, s) for n, c, s in zip(self.names, self.channels, self.strides)}
+    output_shape = BackboneAdapter.output_shape
 
     def source_levels(self, names: list[str]) -> list[str]:
         """Every level is computed from the adapter's one map."""

@@ -25,7 +25,7 @@ import torch
 from frozenrep.backbones import MODES, BackboneAdapter, build_backbone
 from frozenrep.checkpoints import CheckpointEntry
 from frozenrep.config import job_spec
-from frozenrep.tasks import get_task
+from frozenrep.tasks import declaration, get_task
 
 SAMPLES = 2  # training and validation samples generated per task
 
@@ -55,10 +55,7 @@ class CheckResult:
 
 def generate_data(task: str, generate: dict[str, Any], root: Path) -> Path:
     """A few samples of the task's generated dataset (its real file format) under ``root``."""
-    from importlib import import_module
-
-    settings = {**generate, "num_train": SAMPLES, "num_val": SAMPLES}
-    import_module(f"frozenrep.synthetic.{task}").generate(root, **settings)
+    declaration(task).module("synthetic").generate(root, **{**generate, "num_train": SAMPLES, "num_val": SAMPLES})
     return root
 
 
