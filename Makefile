@@ -1,6 +1,7 @@
 # frozenrep: the two commands of the README, and a few conveniences.
 #   make table1   install into .venv, then build results/table1.csv on the embedded default
 #   make tables   the same for results/table2.csv (head capacity) and results/table3.csv (backbone size)
+#   make table4   the same for results/table4.csv (backbone families)
 #   make study    table 1 over 3 seeds, with the video budget at which the heads learn (params/study.yaml)
 #   make test     install into .venv, then run the whole test suite
 #   make test-fast  the tests without Snakemake DAGs, SLURM, Chromium or training subprocesses
@@ -10,13 +11,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.frozenrep-installed
 
-.PHONY: table1 tables study test test-fast venv lint dry-run-paper mlflow-ui clean
+.PHONY: table1 tables table4 study test test-fast venv lint dry-run-paper mlflow-ui clean
 
 table1: $(STAMP)
 	$(BIN)/snakemake --cores all results/table1.csv
 
 tables: $(STAMP)
 	$(BIN)/snakemake --cores all results/table2.csv results/table3.csv
+
+table4: $(STAMP)
+	$(BIN)/snakemake --cores all results/table4.csv
 
 study: $(STAMP)
 	$(BIN)/snakemake --cores all results/table1.csv --configfile params/default.yaml params/study.yaml
@@ -45,7 +49,7 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint
 
 dry-run-paper: $(STAMP)
-	$(BIN)/snakemake -n --configfile=params/paper.yaml results/table1.csv results/table2.csv results/table3.csv
+	$(BIN)/snakemake -n --configfile=params/paper.yaml results/table1.csv results/table2.csv results/table3.csv results/table4.csv
 
 # The MLflow UI over the project's tracking store, on 127.0.0.1 only (MLFLOW_PORT=... to move it).
 MLFLOW_PORT ?= 5000

@@ -47,8 +47,9 @@ def get_final_outputs():
 
 
 def profile_backbones():
-    """Every backbone of the profile's tables, each once: table 1's, then table 2's and table 3's."""
-    names = list(config["backbones"]) + [config.get("table2", {}).get("backbone")] + list(table3_backbones())
+    """Every backbone of the profile's tables, each once: table 1's, then table 2's, 3's and 4's."""
+    names = list(config["backbones"]) + [config.get("table2", {}).get("backbone")]
+    names += table_backbones("table3") + table_backbones("table4")
     return [name for name in dict.fromkeys(names) if name]
 
 
@@ -99,9 +100,10 @@ def head_inputs(wildcards):
 
 def job_spec(wildcards):
     """Everything a training/evaluation job needs, as JSON (a change reruns exactly the affected jobs).
-    A backbone that only table 3 lists has its runs under table 3's MLflow parent run."""
-    only_table3 = wildcards.backbone not in config["backbones"] and wildcards.backbone in table3_backbones()
-    table = "table3" if only_table3 else "table1"
+    A backbone that table 1 does not list has its runs under the MLflow parent run of the first
+    backbone table (3, then 4) that does."""
+    listing = [table for table in ("table3", "table4") if wildcards.backbone in table_backbones(table)]
+    table = "table1" if wildcards.backbone in config["backbones"] or not listing else listing[0]
     spec = make_job_spec(config, REGISTRY, wildcards.task, wildcards.backbone, wildcards.mode, wildcards.seed,
                          table=table)
     return spec.to_json()
@@ -155,7 +157,8 @@ def metrics_path(task, backbone, mode, seed):
 def table_title(table="table1"):
     """Caption of a table's .md and .png: the study, the table's subject and its seed count."""
     seeds = config["seeds"]
-    subject = {"table1": "", "table2": " head capacity,", "table3": " backbone size,"}[table]
+    subject = {"table1": "", "table2": " head capacity,", "table3": " backbone size,",
+               "table4": " backbone families,"}[table]
     return (f"{config['study']}:{subject} {seeds} seed{'s' if seeds > 1 else ''} per cell"
             + (", mean ± std" if seeds > 1 else ""))
 
@@ -173,14 +176,14 @@ def get_table1_inputs(wildcards):
 
 def table_options(table):
     """Input function for make_table.py's options of ``table``: its title, and table 2's rung
-    labels or table 3's published rows (as JSON)."""
+    labels or tables 3's and 4's published rows (as JSON)."""
 
     def get(wildcards):
         options = ["--title", table_title(table)]
         if table == "table2":
             options += ["--rungs", json.dumps(table2_rung_labels(), sort_keys=True)]
-        if table == "table3":
-            options += ["--published", json.dumps(config.get("table3", {}).get("published", []), sort_keys=True)]
+        if table in ("table3", "table4"):
+            options += ["--published", json.dumps(config.get(table, {}).get("published", []), sort_keys=True)]
         return " ".join(shlex.quote(option) for option in options)
 
     return get
@@ -217,18 +220,23 @@ def get_table2_inputs(wildcards):
     return list(table2_rung_labels())
 
 
-def table3_backbones():
-    return config.get("table3", {}).get("backbones", [])
+def table_backbones(table):
+    """The backbones a backbone table (table3, table4) lists; none without that section."""
+    return list(config.get(table, {}).get("backbones", []))
 
 
-def get_table3_inputs(wildcards):
-    """Every metric file of table 3: task x backbone x mode x seed."""
-    if "table3" not in config:
-        missing_table("table3")
-    return [
-        metrics_path(task, backbone, mode, seed)
-        for task in config["tasks"]
-        for backbone in config["table3"]["backbones"]
-        for mode in config["table3"]["modes"]
-        for seed in SEEDS
-    ]
+def backbone_table_inputs(table):
+    """Input function: every metric file of a backbone table, task x backbone x mode x seed."""
+
+    def get(wildcards):
+        if table not in config:
+            missing_table(table)
+        return [
+            metrics_path(task, backbone, mode, seed)
+            for task in config["tasks"]
+            for backbone in config[table]["backbones"]
+            for mode in config[table]["modes"]
+            for seed in SEEDS
+        ]
+
+    return get

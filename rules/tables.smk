@@ -1,7 +1,8 @@
 # Tables: built from the metric files only (never from MLflow); the cells are then logged on the
 # table's MLflow parent run. Table 1 is the pretraining study; tables 2 (head capacity: one row per
-# task, rung and mode) and 3 (backbone size, with the profile's published reference rows) are the
-# same rule with their own inputs, outputs and options (rules/common.smk: table_options).
+# task, rung and mode), 3 (backbone size) and 4 (backbone families; both with the profile's
+# published reference rows) are the same rule with their own inputs, outputs and options
+# (rules/common.smk: table_options).
 
 
 rule table1:
@@ -50,7 +51,7 @@ use rule table1 as table2 with:
 
 use rule table1 as table3 with:
     input:
-        metrics=get_table3_inputs,
+        metrics=backbone_table_inputs("table3"),
     output:
         csv=report(paths.table_path("table3", "csv"), caption="report/table3.rst", category="Table 3", labels={"file": "table (csv)"}),
         json=paths.table_path("table3", "json"),
@@ -63,3 +64,20 @@ use rule table1 as table3 with:
         tracking=TRACKING,
     log:
         "logs/tables/table3.log",
+
+
+use rule table1 as table4 with:
+    input:
+        metrics=backbone_table_inputs("table4"),
+    output:
+        csv=report(paths.table_path("table4", "csv"), caption="report/table4.rst", category="Table 4", labels={"file": "table (csv)"}),
+        json=paths.table_path("table4", "json"),
+        md=paths.table_path("table4", "md"),
+        png=report(paths.table_path("table4", "png"), caption="report/table4-plot.rst", category="Table 4", labels={"file": "chart"}),
+    params:
+        kind="table4",
+        options=table_options("table4"),
+        study=config["study"],
+        tracking=TRACKING,
+    log:
+        "logs/tables/table4.log",

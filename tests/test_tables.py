@@ -142,7 +142,7 @@ def test_table2_names_a_metric_file_without_parameter_counts(tmp_path):
 def test_table3_keeps_published_rows_apart_and_plots_against_backbone_size(tmp_path, monkeypatch):
     import matplotlib.figure
 
-    from frozenrep.tables import build_table3, plot_table3, write_table3_markdown
+    from frozenrep.tables import build_backbone_table, plot_table3, write_backbone_table_markdown
 
     paths = []
     for name, size, box in (("small", 1e5, 3.0), ("big", 1.4e6, 9.0)):
@@ -153,10 +153,10 @@ def test_table3_keeps_published_rows_apart_and_plots_against_backbone_size(tmp_p
         paths.append(path)
     published = [{"backbone": "giant", "pretraining": "ext22k", "mode": "frozen", "backbone_params": 3e9,
                   "source": "a paper", "metrics": {"coco_box_ap": 59.3}}]
-    table = build_table3(paths, published)
+    table = build_backbone_table(paths, published)
     assert table["source"].tolist() == ["measured", "measured", "published: a paper"]
     assert table["backbone_params"].tolist() == [1e5, 1.4e6, 3e9] and table["coco_box_ap"].tolist() == [3, 9, 59.3]
-    write_table3_markdown(table, tmp_path / "t3.md")
+    write_backbone_table_markdown(table, tmp_path / "t3.md")
     assert "| giant" in (tmp_path / "t3.md").read_text() and "3B" in (tmp_path / "t3.md").read_text()
     saved = {}
     savefig = matplotlib.figure.Figure.savefig
@@ -174,4 +174,4 @@ def test_table3_keeps_published_rows_apart_and_plots_against_backbone_size(tmp_p
     assert ("giant (published)", [3e9]) in saved["lines"]
     assert any(label == "frozen" and xs == [1e5, 1.4e6] for label, xs in saved["lines"])
     with pytest.raises(ValueError, match=r"table3.published\[0\] \(giant\).*ade20k_miou"):
-        build_table3(paths, [{**published[0], "metrics": {"ade20k_miou": 50.0}}])
+        build_backbone_table(paths, [{**published[0], "metrics": {"ade20k_miou": 50.0}}])

@@ -60,8 +60,9 @@ def check_config(config: Mapping[str, Any], registry: Mapping[str, CheckpointEnt
                 if schema is not None:
                     _validate(rung_head(config, task, rung["name"]), schema["properties"][task]["properties"]["head"],
                               where)
-    for index, name in enumerate(config.get("table3", {}).get("backbones", [])):
-        known(f"table3.backbones[{index}]", name)
+    for table in ("table3", "table4"):
+        for index, name in enumerate(config.get(table, {}).get("backbones", [])):
+            known(f"{table}.backbones[{index}]", name)
     for task in config["tasks"]:
         dataset = task  # each task has its own dataset, of the same name
         if dataset not in config.get("datasets", {}):

@@ -1,15 +1,18 @@
-"""Pretraining the embedded default's tiny Swin backbones on a generated labelled image set.
+"""Pretraining the embedded default's tiny backbones on a generated labelled image set.
 
 Two recipes, both on the registry entry's own timm architecture, both through the one training
 loop (:func:`frozenrep.training.train`, so a killed pretraining job resumes too):
 
-* ``supervised``: image classification (cross-entropy on the pooled last stage) over the
-  shape-and-texture classes of :mod:`frozenrep.synthetic.images`. A larger set (more images and
-  more classes) mirrors ImageNet-22K against ImageNet-1K.
-* ``simmim``: masked image modelling as in SimMIM (Xie et al., CVPR 2022): random masking of
-  ``mask_patch_size`` squares after the patch embedding (a learnable mask token replaces them), a
-  linear decoder (1x1 convolution + pixel shuffle back to full resolution) regressing the raw
-  pixels, and an L1 loss over the masked pixels only. No labels are used.
+* ``supervised``: image classification (cross-entropy through the model's own pooling and
+  classifier, timm's ``reset_classifier``) over the shape-and-texture classes of
+  :mod:`frozenrep.synthetic.images`; any timm family (Swin, ConvNeXt, ResNet, ViT, ...). A larger
+  set (more images and more classes) mirrors ImageNet-22K against ImageNet-1K.
+* ``simmim``: masked image modelling as in SimMIM (Xie et al., CVPR 2022), for Swin and plain
+  ViTs as in the paper: random masking of ``mask_patch_size`` squares after the patch embedding (a
+  learnable mask token replaces them; a ViT's position embeddings are added after), a linear
+  decoder (1x1 convolution + pixel shuffle back to full resolution) regressing the raw pixels, and
+  an L1 loss over the masked pixels only. No labels are used. CNNs are not covered (masking a
+  convolution needs sparse convolutions, as in SparK).
 
 Only the backbone (no classifier, no decoder) is written out.
 """
@@ -29,6 +32,13 @@ from frozenrep.synthetic.images import ImageSetConfig, LabelledImages, Pretraini
 RECIPES = ("random", "supervised", "simmim")
 
 
+def encoder_weights(encoder: nn.Module) -> dict[str, torch.Tensor]:
+    """A timm model's weights without its classifier (timm's ``get_classifier``: ``head``,
+    ``head.fc``, ``fc``, ...), the keys of the same architecture built with ``num_classes=0``."""
+    classifier = {id(p) for p in encoder.get_classifier().parameters()}
+    return {k: v for k, v in encoder.state_dict(keep_vars=True).items() if id(v) not in classifier}
+
+
 class Classifier(nn.Module):
     """The timm backbone with a linear classifier on its globally pooled last stage."""
 
@@ -42,17 +52,20 @@ class Classifier(nn.Module):
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """The encoder's weights without the classifier (what the registry's checkpoint holds)."""
-        return {k: v for k, v in self.encoder.state_dict().items() if not k.startswith("head.")}
+        return encoder_weights(self.encoder)
 
 
 class SimMIM(nn.Module):
-    """SimMIM around a timm Swin: mask token after the patch embedding, linear pixel decoder, L1 on masked pixels."""
+    """SimMIM around a timm Swin or plain ViT: mask token after the patch embedding, linear pixel
+    decoder, L1 on masked pixels."""
 
     def __init__(self, encoder: nn.Module, mask_patch_size: int = 16, mask_ratio: float = 0.6) -> None:
         super().__init__()
-        for attr in ("patch_embed", "layers", "norm"):
-            if not hasattr(encoder, attr):
-                raise PretrainingError(f"SimMIM needs a Swin-style timm model (no {attr!r} on {type(encoder).__name__})")
+        # a plain ViT: position embedding and prefix tokens (timm's _pos_embed), then blocks
+        self.plain = all(hasattr(encoder, attr) for attr in ("patch_embed", "_pos_embed", "blocks", "norm"))
+        if not self.plain and not all(hasattr(encoder, attr) for attr in ("patch_embed", "layers", "norm")):
+            raise PretrainingError(f"SimMIM needs a Swin-style or plain ViT timm model, not {type(encoder).__name__} "
+                                   "(a CNN has no patch tokens to mask); pretrain it with init: supervised")
         self.encoder = encoder
         self.patch_size = int(encoder.patch_embed.patch_size[0])
         self.stride = int(encoder.feature_info[-1]["reduction"])
@@ -80,20 +93,33 @@ class SimMIM(nn.Module):
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruction and L1 loss over the masked pixels, averaged over pixels and channels."""
-        tokens = self.encoder.patch_embed(images)  # B, H/4, W/4, C (timm Swin is channels-last)
+        tokens = self.encoder.patch_embed(images)  # B, H/p, W/p, C (timm Swin, and ViTs of dynamic size)
+        if tokens.ndim == 3:  # a ViT of fixed size flattens its patch tokens
+            tokens = tokens.unflatten(1, (images.shape[2] // self.patch_size, images.shape[3] // self.patch_size))
         scale = self.mask_patch_size // self.patch_size
         token_mask = mask.repeat_interleave(scale, 1).repeat_interleave(scale, 2).unsqueeze(-1).to(tokens.dtype)
         tokens = tokens * (1 - token_mask) + self.mask_token.to(tokens.dtype) * token_mask
-        feats = self.encoder.norm(self.encoder.layers(tokens))
+        feats = self.encode(tokens)
         reconstruction = self.decoder(feats.permute(0, 3, 1, 2).contiguous())
         pixel_mask = mask.repeat_interleave(self.mask_patch_size, 1).repeat_interleave(self.mask_patch_size, 2)
         pixel_mask = pixel_mask.unsqueeze(1).to(images.dtype)
         loss = ((images - reconstruction).abs() * pixel_mask).sum() / (pixel_mask.sum() + 1e-5) / images.shape[1]
         return reconstruction, loss
 
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The encoder after its patch embedding, on channels-last ``(B, h, w, C)`` tokens; the last
+        stage's map, channels-last (a ViT's class and register tokens dropped)."""
+        encoder = self.encoder
+        if not self.plain:
+            return encoder.norm(encoder.layers(tokens))
+        grid = tokens.shape[1:3]
+        x = encoder._pos_embed(tokens if encoder.dynamic_img_size else tokens.flatten(1, 2))
+        x = encoder.norm(encoder.blocks(encoder.norm_pre(encoder.patch_drop(x))))
+        return x[:, encoder.num_prefix_tokens:].unflatten(1, grid)
+
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """The encoder's weights without mask token and decoder."""
-        return {k: v for k, v in self.encoder.state_dict().items() if not k.startswith("head.")}
+        return encoder_weights(self.encoder)
 
 
 @dataclass

@@ -6,8 +6,9 @@ a ``<column>_std`` column holds the standard deviation. New tasks only add colum
 numbers go out as JSON (DVC metrics), Markdown (``mean ± std``) and a bar chart.
 
 results/table2.csv (head capacity) has one row per (task, rung, mode) with the rung's head and
-trainable parameter counts; results/table3.csv (backbone size) one row per (backbone, mode) with
-the backbone's parameter count, plus published reference rows that are marked as such.
+trainable parameter counts; results/table3.csv (backbone size) and results/table4.csv (backbone
+families) one row per (backbone, mode) with the backbone's parameter count, plus published
+reference rows that are marked as such.
 """
 
 from __future__ import annotations
@@ -105,17 +106,19 @@ def build_table2(paths: Iterable[str | Path], rungs: dict[str, str]) -> pd.DataF
     return aggregate(long, TABLE2_KEYS, carried=["backbone", "head_params", "trainable_params"])
 
 
-def build_table3(paths: Iterable[str | Path], published: list[dict] = ()) -> pd.DataFrame:
-    """Table 3 (backbone size): one row per (backbone, mode) with the backbone's parameter count;
-    then the ``published`` reference rows (``backbone``, ``pretraining``, ``mode``,
-    ``backbone_params``, ``source``, ``metrics: {column: value}``), never mixed with measured ones."""
+def build_backbone_table(paths: Iterable[str | Path], published: list[dict] = (),
+                         section: str = "table3") -> pd.DataFrame:
+    """Tables 3 (backbone size) and 4 (backbone families): one row per (backbone, mode) with the
+    backbone's parameter count; then the ``published`` reference rows of the profile's ``section``
+    (``backbone``, ``pretraining``, ``mode``, ``backbone_params``, ``source``,
+    ``metrics: {column: value}``), never mixed with measured ones."""
     table = aggregate(load_metrics(paths, counts=True), KEY_COLUMNS, carried=["backbone_params"])
     table.insert(len(KEY_COLUMNS), "source", "measured")
     rows = []
     for index, row in enumerate(published):
         unknown = sorted(set(row["metrics"]) - set(value_columns(table)))
         if unknown:
-            raise ValueError(f"table3.published[{index}] ({row['backbone']}): metric(s) {unknown} are not columns "
+            raise ValueError(f"{section}.published[{index}] ({row['backbone']}): metric(s) {unknown} are not columns "
                              f"of the table ({', '.join(value_columns(table))})")
         rows.append({"backbone": row["backbone"], "pretraining": row["pretraining"], "mode": row["mode"],
                      "source": f"published: {row['source']}", "seeds": pd.NA,
@@ -269,7 +272,7 @@ def write_table2_markdown(table: pd.DataFrame, out: str | Path, caption: str = "
     _write_markdown("\n\n".join(sections), out, caption)
 
 
-def write_table3_markdown(table: pd.DataFrame, out: str | Path, caption: str = "") -> None:
+def write_backbone_table_markdown(table: pd.DataFrame, out: str | Path, caption: str = "") -> None:
     """A row per backbone and mode with the backbone's size; published rows say where they are from."""
     columns = value_columns(table)
     rows = []
