@@ -9,13 +9,15 @@ import torch
 from workspace import REPO
 
 from frozenrep.backbones import build_backbone
-from frozenrep.checkpoints import load_registry, read_state_dict
+from frozenrep.checkpoints import create_model, load_registry, read_state_dict
 from frozenrep.local_backbones import create_local_backbone
 from frozenrep.pretraining import PretrainingError, Recipe, SimMIM, build_pretrainer, supervised_loss
 from frozenrep.synthetic.images import ImageSetConfig, LabelledImages, class_catalogue, collate
 
 REGISTRY = load_registry(REPO / "params" / "checkpoints.yaml")
-PRETRAINED = ("tiny-swin-supervised", "tiny-swin-supervised-large", "tiny-swin-simmim")
+PRETRAINED = ("tiny-swin-supervised", "tiny-swin-supervised-large", "tiny-swin-simmim",
+              # table 4's families: a classifier that timm names fc (ResNet), head.fc (ConvNeXt), head (ViT)
+              "tiny-resnet-supervised", "tiny-convnext-supervised", "tiny-vit-supervised", "tiny-vit-simmim")
 
 
 def shrunk(name, steps=6, num_images=32, image_size=32, **train):
@@ -103,8 +105,9 @@ def test_backdrop_curriculum_moves_from_neutral_backdrops_to_scenes():
         dataclasses.replace(cfg, neutral_until=(6, 2))
 
 
-def test_simmim_masks_the_requested_share_and_never_sees_masked_pixels():
-    entry = REGISTRY["tiny-swin-simmim"]
+@pytest.mark.parametrize("name", ["tiny-swin-simmim", "tiny-vit-simmim"])
+def test_simmim_masks_the_requested_share_and_never_sees_masked_pixels(name):
+    entry = REGISTRY[name]
     torch.manual_seed(0)
     model = build_pretrainer(entry, Recipe.of(entry)).eval()
     assert isinstance(model, SimMIM)
@@ -126,6 +129,12 @@ def test_simmim_masks_the_requested_share_and_never_sees_masked_pixels():
     assert loss_unmasked != pytest.approx(loss.item())  # visible pixels change what it reconstructs
     with pytest.raises(PretrainingError, match="not a multiple of mask_patch_size 16"):
         model.random_mask(1, 40, 40)
+
+
+def test_simmim_refuses_a_cnn_and_says_which_recipe_fits():
+    entry = dataclasses.replace(REGISTRY["tiny-convnext-supervised"], create=REGISTRY["tiny-vit-simmim"].create)
+    with pytest.raises(PretrainingError, match="plain ViT timm model, not ConvNeXt .*init: supervised"):
+        build_pretrainer(entry, Recipe.of(entry))
 
 
 def test_supervised_pretraining_learns_the_classes():
@@ -159,10 +168,12 @@ def test_pretrained_checkpoint_is_reproducible_and_loads_as_a_backbone(tmp_path,
     random_init = create_local_backbone(REGISTRY["tiny-swin-none"], tmp_path / "none.safetensors")
     assert random_init != first
     weights = read_state_dict(tmp_path / "a" / f"{name}.safetensors")
-    assert not any(k.startswith(("head.", "decoder.", "mask_token")) for k in weights)
+    # the backbone's keys only: no classifier, decoder or mask token (ConvNeXt's head.norm is backbone)
+    assert set(weights) == set(create_model(entry).state_dict())
     backbone = build_backbone(entry, tmp_path / "a" / f"{name}.safetensors")  # strict load
-    feats = backbone(torch.randn(1, 3, 64, 64))
-    assert [f.shape[1] for f in feats.values()] == [16, 32, 64, 128]
+    fresh = build_backbone(entry, None)  # the architecture at random weights: the same maps
+    shapes = [f.shape for f in backbone(torch.randn(1, 3, 64, 64)).values()]
+    assert shapes == [f.shape for f in fresh(torch.randn(1, 3, 64, 64)).values()] and shapes[-1][1] >= 64
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking["uri"])

@@ -64,6 +64,24 @@ def test_paper_profile_dry_run_of_tables_2_and_3(tmp_path):
     assert not (ws / "data").exists() and not (ws / "checkpoints").exists()
 
 
+def test_paper_profile_dry_run_of_table4_over_backbone_families(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    result = snakemake(ws, "-n", "-p", "--configfile=params/paper.yaml", "results/table4.csv")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # 6 families x 3 tasks x (frozen, finetune): hub copies (timm:) and the authors' releases
+    assert job_counts(result.stdout) == {"prepare_dataset": 3, "fetch_checkpoint": 6, "train_head": 36,
+                                         "evaluate_head": 36, "table4": 1}
+    for name in ("swin-b-in22k", "convnext-b-in22k", "vit-b16-in21k", "vit-b16-mae-official", "dinov2-b14-official",
+                 "clip-b16"):
+        assert f"results/metrics/coco/{name}/finetune/seed0.json" in result.stdout, name
+        assert f"runs/k400/{name}/frozen/seed0/head.safetensors" in result.stdout, name
+    assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/train.py") == 36
+    assert "--kind table4" in result.stdout and "backbone families" in result.stdout
+    assert '"table": "table4"' in result.stdout  # the jobs of backbones table 1 does not list go under table 4's run
+    assert '"table": "table1"' in result.stdout  # swin-b-in22k's are table 1's
+    assert not (ws / "data").exists() and not (ws / "checkpoints").exists()
+
+
 def test_default_profile_dry_run(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     result = snakemake(ws, "-n", "results/table1.csv")
@@ -83,6 +101,11 @@ def test_default_profile_dry_run(tmp_path):
     assert job_counts(tables.stdout) == {"create_local_backbone": 3, "fetch_checkpoint": 3, "prepare_dataset": 3,
                                          "train_head": 6 + 6, "train_head_rung": 16, "evaluate_head": 12,
                                          "evaluate_head_rung": 16, "table2": 1, "table3": 1}
+    # table 4: 6 backbones (4 pretrained only for it) x 3 tasks x (frozen, finetune); tiny-swin-supervised's
+    # and tiny-swin-simmim's are table 1's
+    families = snakemake(ws, "-n", "results/table4.csv")
+    assert job_counts(families.stdout) == {"create_local_backbone": 6, "fetch_checkpoint": 6, "prepare_dataset": 3,
+                                           "train_head": 36, "evaluate_head": 36, "table4": 1}
 
 
 def test_ci_run_produces_table1(ci_run):
@@ -383,10 +406,11 @@ def test_report_of_tables_2_and_3(tables_run):
         assert caption in html, caption
 
 
-def test_table1_over_backbone_families_through_registry_entries_and_a_profile(ci_run, tmp_path):
+def test_tables_1_and_4_over_backbone_families_through_registry_entries_and_a_profile(ci_run, tmp_path):
     """The user's path for other families: registry entries listed as `backbones` in a profile layer;
     Snakemake creates, fetches and trains them all, and table 1 has a row for every backbone with a
-    number for every task. Frozen only here (the fine-tuned heads run the same code: test_families)."""
+    number for every task; table 4 the same rows with each backbone's size, from the same jobs.
+    Frozen only here (the fine-tuned heads run the same code: test_families)."""
     import pandas as pd
     import yaml
 
@@ -396,7 +420,7 @@ def test_table1_over_backbone_families_through_registry_entries_and_a_profile(ci
     families = yaml.safe_load((copy / "params/families.yaml").read_text())["backbones"]
     env = {**tool_env(copy), "MLFLOW_TRACKING_URI": f"sqlite:///{copy / 'mlruns-families.db'}"}
     done = snakemake(copy, "--cores", "2", "--configfile", "params/ci.yaml", "params/families.yaml",
-                     "--config", "modes=[frozen]", "--", "results/table1.csv", env=env)
+                     "--config", "modes=[frozen]", "--", "results/table1.csv", "results/table4.csv", env=env)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     table = pd.read_csv(copy / "results/table1.csv")
     assert sorted(table["backbone"]) == sorted(families) and set(table["mode"]) == {"frozen"}
@@ -404,3 +428,11 @@ def test_table1_over_backbone_families_through_registry_entries_and_a_profile(ci
     assert len(metrics) >= 4 and table[metrics].notna().all().all(), table.to_string()
     ran = job_counts(done.stdout + done.stderr)
     assert ran.get("train_head") == ran.get("evaluate_head") == 3 * (len(families) - 1), ran  # Swin's were done
+    assert ran.get("table4") == 1
+    table4 = pd.read_csv(copy / "results/table4.csv")
+    assert table4["backbone"].tolist() == families and set(table4["source"]) == {"measured"}
+    assert table4[metrics].equals(table.set_index("backbone").loc[families, metrics].reset_index(drop=True))
+    sizes = dict(zip(table4["backbone"], table4["backbone_params"]))
+    assert len(set(sizes.values())) == len(families) and all(n > 1000 for n in sizes.values()), sizes
+    assert (copy / "results/table4.md").read_text().startswith("ci: backbone families, 1 seed per cell")
+    assert (copy / "results/table4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
