@@ -30,14 +30,20 @@ def test_lint_is_clean():
 
 def test_paper_profile_dry_run_lists_the_whole_dag_offline(tmp_path):
     ws = make_workspace(tmp_path / "ws")
-    result = snakemake(ws, "-n", "-p", "--configfile=params/paper.yaml", "results/table1.csv")
+    result = snakemake(ws, "-n", "-p", "--configfile=params/paper.yaml", "results/table1.csv", "results/table4.csv")
     assert result.returncode == 0, result.stdout + result.stderr
-    # 3 tasks x 6 official backbones x (frozen, finetune) x 1 seed
-    assert job_counts(result.stdout) == {"prepare_dataset": 3, "fetch_checkpoint": 6, "train_head": 36,
-                                         "evaluate_head": 36, "table1": 1}
+    # table 1: 3 tasks x 6 official backbones x (frozen, finetune) x 1 seed; table 4: 6 families, one of
+    # them (swin-b-in22k) table 1's, the others hub copies (timm:) and the authors' releases
+    assert job_counts(result.stdout) == {"prepare_dataset": 3, "fetch_checkpoint": 6 + 5, "train_head": 36 + 30,
+                                         "evaluate_head": 36 + 30, "table1": 1, "table4": 1}
+    for name in ("convnext-b-in22k", "vit-b16-in21k", "vit-b16-mae-official", "dinov2-b14-official", "clip-b16"):
+        assert f"results/metrics/coco/{name}/finetune/seed0.json" in result.stdout, name
+        assert f"runs/k400/{name}/frozen/seed0/head.safetensors" in result.stdout, name
+    assert "--kind table4" in result.stdout and "backbone families" in result.stdout
+    assert '"table": "table4"' in result.stdout  # table-4-only backbones' runs go under table 4's parent run
     # every training and evaluation job runs one process per GPU of its node's 8
-    assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/train.py") == 36
-    assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/evaluate.py") == 36
+    assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/train.py") == 66
+    assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/evaluate.py") == 66
     assert "checkpoints/swin-b-simmim.pth" in result.stdout and "checkpoints/swinv2-b-simmim.pth" in result.stdout
     assert "checkpoints/swinv2-l-in22k.pth" in result.stdout
     assert "results/metrics/ade20k/swin-b-in22k/frozen/seed0.json" in result.stdout
@@ -61,24 +67,6 @@ def test_paper_profile_dry_run_of_tables_2_and_3(tmp_path):
     assert "results/metrics/k400/swin-b-in22k/frozen/seed0.json" in result.stdout
     assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/train.py") == 26
     assert "swinv2-g-lin22" in result.stdout  # the published reference row goes to make_table.py
-    assert not (ws / "data").exists() and not (ws / "checkpoints").exists()
-
-
-def test_paper_profile_dry_run_of_table4_over_backbone_families(tmp_path):
-    ws = make_workspace(tmp_path / "ws")
-    result = snakemake(ws, "-n", "-p", "--configfile=params/paper.yaml", "results/table4.csv")
-    assert result.returncode == 0, result.stdout + result.stderr
-    # 6 families x 3 tasks x (frozen, finetune): hub copies (timm:) and the authors' releases
-    assert job_counts(result.stdout) == {"prepare_dataset": 3, "fetch_checkpoint": 6, "train_head": 36,
-                                         "evaluate_head": 36, "table4": 1}
-    for name in ("swin-b-in22k", "convnext-b-in22k", "vit-b16-in21k", "vit-b16-mae-official", "dinov2-b14-official",
-                 "clip-b16"):
-        assert f"results/metrics/coco/{name}/finetune/seed0.json" in result.stdout, name
-        assert f"runs/k400/{name}/frozen/seed0/head.safetensors" in result.stdout, name
-    assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/train.py") == 36
-    assert "--kind table4" in result.stdout and "backbone families" in result.stdout
-    assert '"table": "table4"' in result.stdout  # the jobs of backbones table 1 does not list go under table 4's run
-    assert '"table": "table1"' in result.stdout  # swin-b-in22k's are table 1's
     assert not (ws / "data").exists() and not (ws / "checkpoints").exists()
 
 
