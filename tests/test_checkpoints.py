@@ -320,3 +320,23 @@ def test_swinv2_g_entry_is_the_3b_architecture_and_names_where_its_file_goes(tmp
     with pytest.raises(CheckpointError) as err:
         fetch_checkpoint(replace(entry, source=f"file://{placed}"), tmp_path / "swinv2-g-in22k.pth")
     assert str(placed) in str(err.value)
+
+
+def test_reading_the_registry_imports_no_timm_and_hub_entries_take_timms_normalisation():
+    """Every Snakemake start reads the registry: it must not pay timm's import (seconds). A timm:
+    entry without input_mean/std gets the tag's own (OpenAI CLIP's) where its model is built."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from frozenrep.checkpoints import load_registry; "
+             "r = load_registry('params/checkpoints.yaml'); print('timm' in sys.modules, r['clip-b16'].input_mean)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "None"]
+    entry = load_registry(REPO / "params/checkpoints.yaml")["clip-b16"]
+    assert entry.normalisation() == (timm.data.OPENAI_CLIP_MEAN, timm.data.OPENAI_CLIP_STD)
+    assert load_registry(REPO / "params/checkpoints.yaml")["vit-b16-mae"].normalisation() == (
+        timm.data.IMAGENET_DEFAULT_MEAN, timm.data.IMAGENET_DEFAULT_STD)
+    unknown = replace(entry, source="timm:vit_base_patch16_clip_224.nowhere")
+    with pytest.raises(CheckpointError, match=r"clip-b16: timm:vit_base_patch16_clip_224.nowhere names no timm"):
+        unknown.normalisation()

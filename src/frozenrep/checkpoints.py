@@ -51,8 +51,10 @@ class CheckpointEntry:
     key_prefix: str = ""
     manual: str = ""
     create: dict[str, Any] | None = None
-    input_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    input_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # None only for a ``timm:`` source that gives none: timm's pretrained config of the tag says
+    # (CLIP's and some ViTs' differ from ImageNet's); read them through ``normalisation()``.
+    input_mean: tuple[float, float, float] | None = (0.485, 0.456, 0.406)
+    input_std: tuple[float, float, float] | None = (0.229, 0.224, 0.225)
     note: str = ""
 
     @classmethod
@@ -60,9 +62,21 @@ class CheckpointEntry:
         """An entry from its registry (or JSON) form: lists become tuples, notes for humans are dropped."""
         item = {k: v for k, v in item.items() if k != "sha256_note"}
         for key in ("input_mean", "input_std", "drop_keys"):
-            if key in item:
+            if item.get(key) is not None:
                 item[key] = tuple(item[key])
         return cls(**item) if name is None else cls(name=name, **item)
+
+    def normalisation(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """The input mean and std the backbone was trained with: the registry's, else (``timm:``
+        sources) those of timm's pretrained config of the tag, looked up only here, where the model
+        is built, so that reading the registry does not import timm."""
+        if self.input_mean is not None and self.input_std is not None:
+            return self.input_mean, self.input_std
+        cfg = timm_pretrained_cfg(self)
+        if cfg is None:
+            raise CheckpointError(f"registry entry {self.name}: {self.source} names no timm pretrained config; "
+                                  "give input_mean and input_std, or use a name from `timm.list_pretrained()`.")
+        return self.input_mean or tuple(cfg.mean), self.input_std or tuple(cfg.std)
 
     @property
     def suffix(self) -> str:
@@ -88,27 +102,30 @@ def load_registry(path: str | Path) -> dict[str, CheckpointEntry]:
     if errors:
         lines = [f"  {'.'.join(str(p) for p in e.path) or '<top>'}: {e.message}" for e in errors[:10]]
         raise CheckpointError(f"checkpoint registry {path} is invalid:\n" + "\n".join(lines))
-    return {name: CheckpointEntry.from_dict(with_hub_normalisation(item), name) for name, item in raw.items()}
+    return {name: CheckpointEntry.from_dict(from_the_hub_where_not_given(item), name) for name, item in raw.items()}
 
 
-def with_hub_normalisation(item: dict[str, Any]) -> dict[str, Any]:
-    """A ``timm:`` entry's input mean and std, where the registry gives none, from timm's pretrained
-    config of the tag (CLIP's and some ViTs' differ from ImageNet's)."""
-    if not item["source"].startswith("timm:") or ("input_mean" in item and "input_std" in item):
+def from_the_hub_where_not_given(item: dict[str, Any]) -> dict[str, Any]:
+    """A ``timm:`` entry without input mean or std leaves them to timm's pretrained config
+    (``CheckpointEntry.normalisation``); other entries default to ImageNet's."""
+    if not item["source"].startswith("timm:"):
         return item
+    return {"input_mean": None, "input_std": None, **item}
+
+
+def timm_pretrained_cfg(entry: CheckpointEntry):
+    """timm's pretrained config of a ``timm:<arch>.<tag>`` source, or None where timm has none."""
     import timm
 
-    cfg = timm.models.get_pretrained_cfg(item["source"][len("timm:"):])
-    if cfg is None:
-        return item  # hub_repo() says what is wrong when the entry is fetched
-    return {"input_mean": list(cfg.mean), "input_std": list(cfg.std), **item}
+    try:
+        return timm.models.get_pretrained_cfg(entry.source[len("timm:"):])
+    except RuntimeError:  # timm's answer to an unknown tag of a known architecture
+        return None
 
 
 def hub_repo(entry: CheckpointEntry) -> str:
     """The Hugging Face hub repository of a ``timm:<arch>.<tag>`` source (timm's pretrained config)."""
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(entry.source[len("timm:"):])
+    cfg = timm_pretrained_cfg(entry)
     if cfg is None or not cfg.hf_hub_id:
         raise CheckpointError(f"registry entry {entry.name}: {entry.source} names no timm hub weights; "
                               "use a name from `timm.list_pretrained()`.")

@@ -30,7 +30,7 @@ def pretrain(entry: CheckpointEntry, state_dir: Path, tracking: dict[str, Any] |
 
     recipe = Recipe.of(entry)
     cfg = config_from(TrainConfig, recipe.train, "$defs.train", f"registry entry {entry.name}: create.train")
-    dataset = LabelledImages(recipe.images, entry.input_mean, entry.input_std).materialise()
+    dataset = LabelledImages(recipe.images, *entry.normalisation()).materialise()
     torch.manual_seed(recipe.seed)
     model = build_pretrainer(entry, recipe)
     loss_fn = supervised_loss if recipe.init == "supervised" else simmim_loss

@@ -60,8 +60,9 @@ class SharedBackbone(nn.Module):
             if adapter_in(self.tasks[name].levels(head)).body is not body:
                 raise MultiTaskError(f"the {name} head is not built on the shared body (use adapter_of(body))")
         self.stride = max(self.tasks[n].levels(h).strides[-1] for n, h in heads.items())
-        self.register_buffer("mean", torch.tensor(entry.input_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(entry.input_std).view(1, 3, 1, 1), persistent=False)
+        mean, std = entry.normalisation()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.body_passes = 0
         self.eval()
 

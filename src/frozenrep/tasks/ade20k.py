@@ -28,7 +28,7 @@ def datasets(root: Path, cfg: dict) -> tuple[ADE20KSegmentation, ADE20KSegmentat
 
 def build_head(backbone: BackboneAdapter, train_set: Any, cfg: dict, entry: CheckpointEntry) -> nn.Module:
     head = config_from(SegmentationHeadConfig, cfg["head"], "ade20k.head")
-    return Mask2FormerSegmenter(backbone, train_set.num_classes, head, entry.input_mean, entry.input_std)
+    return Mask2FormerSegmenter(backbone, train_set.num_classes, head, *entry.normalisation())
 
 
 def predict_options(cfg: dict) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def datasets(root: Path, cfg: dict) -> tuple[CocoDetection, CocoDetection]:
 
 def build_head(backbone: BackboneAdapter, train_set: Any, cfg: dict, entry: CheckpointEntry) -> nn.Module:
     head = config_from(DetectionHeadConfig, cfg["head"], "coco.head")
-    return build_mask_rcnn(backbone, train_set.num_classes, head, entry.input_mean, entry.input_std)
+    return build_mask_rcnn(backbone, train_set.num_classes, head, *entry.normalisation())
 
 
 def evaluate(model: nn.Module, val_set: CocoDetection, cfg: dict, device: torch.device):

@@ -32,7 +32,7 @@ def datasets(root: Path, cfg: dict) -> tuple[KineticsClips, KineticsIndex]:
 
 def build_head(backbone: BackboneAdapter, train_set: Any, cfg: dict, entry: CheckpointEntry) -> nn.Module:
     head = config_from(VideoHeadConfig, cfg["head"], "k400.head")
-    return VideoClassifier(backbone, train_set.num_classes, head, entry.input_mean, entry.input_std)
+    return VideoClassifier(backbone, train_set.num_classes, head, *entry.normalisation())
 
 
 def views_of(val_index: KineticsIndex, cfg: dict, videos: Any, clips_per_video: int, spatial_crops: int):
