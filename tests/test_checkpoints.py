@@ -340,3 +340,77 @@ def test_reading_the_registry_imports_no_timm_and_hub_entries_take_timms_normali
     unknown = replace(entry, source="timm:vit_base_patch16_clip_224.nowhere")
     with pytest.raises(CheckpointError, match=r"clip-b16: timm:vit_base_patch16_clip_224.nowhere names no timm"):
         unknown.normalisation()
+
+
+def openai_clip_archive(model: torch.nn.Module, width: int, path) -> None:
+    """A timm CLIP image tower saved as OpenAI releases CLIP: a TorchScript archive of the whole
+    model in fp16 (image tower under visual.*, their key names, the projection as visual.proj, the
+    text tower and the attributes their loader deletes beside it)."""
+    swaps = [("patch_embed.proj", "conv1"), ("norm_pre", "ln_pre"), ("blocks.", "transformer.resblocks."),
+             ("norm1", "ln_1"), ("norm2", "ln_2"), ("attn.qkv.", "attn.in_proj_"), ("attn.proj", "attn.out_proj"),
+             ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")]
+    state = {}
+    for key, value in model.state_dict().items():
+        if key == "cls_token":
+            key, value = "class_embedding", value[0, 0]
+        elif key == "pos_embed":
+            key, value = "positional_embedding", value[0]
+        elif key == "head.weight":
+            key, value = "proj", value.t()
+        elif key == "head.bias":
+            continue
+        elif key.startswith("norm."):
+            key = "ln_post." + key[len("norm."):]
+        for timm_name, openai_name in swaps:
+            key = key.replace(timm_name, openai_name)
+        state[f"visual.{key}"] = value.half()
+    state.update({"token_embedding.weight": torch.randn(10, width).half(), "positional_embedding": torch.randn(7, width),
+                  "transformer.resblocks.0.ln_1.weight": torch.ones(width).half(), "ln_final.weight": torch.ones(width),
+                  "text_projection": torch.randn(width, 8).half(), "logit_scale": torch.tensor(4.6)})
+    root = torch.nn.Module()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for name in parents:
+            if not hasattr(module, name):
+                module.add_module(name, torch.nn.Module())
+            module = getattr(module, name)
+        module.register_parameter(leaf, torch.nn.Parameter(value, requires_grad=False))
+    for name, value in (("input_resolution", 32), ("context_length", 7), ("vocab_size", 10)):
+        root.register_buffer(name, torch.tensor(value))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(root), str(path))
+
+
+def test_openai_clip_release_is_read_only_when_pinned_and_converted_by_timm(http_server, tmp_path, registry):
+    """OpenAI's CLIP layout (a TorchScript archive, fp16) over HTTP with the registry's pinned sha256:
+    timm's filter makes the image tower timm's CLIP ViT, the projection its head; unpinned or
+    another file, the archive is refused before any of its code is compiled."""
+    torch.manual_seed(0)
+    official = registry["clip-b16-official"]
+    kwargs = dict(embed_dim=32, depth=2, num_heads=2, img_size=32)
+    model = timm.create_model(official.arch, num_classes=8, **kwargs)
+    with torch.no_grad():
+        model.head.bias.zero_()  # OpenAI's projection has no bias
+        for p in model.parameters():
+            p.copy_(p.half().float())  # the release is fp16
+    archive = tmp_path / "ViT-B-16.pt"
+    openai_clip_archive(model, 32, archive)
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    entry = replace(official, source=http_server.add("/clip/ViT-B-16.pt", archive.read_bytes()), sha256=digest,
+                    arch_kwargs=kwargs)
+    dest = tmp_path / "clip-b16-official.pth"
+    fetch_checkpoint(entry, dest)
+    loaded = load_into_model(entry, dest).state_dict()
+    assert loaded.keys() == model.state_dict().keys()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    assert entry.normalisation() == (timm.data.OPENAI_CLIP_MEAN, timm.data.OPENAI_CLIP_STD)
+    feats = build_backbone(entry, dest)(torch.rand(1, 3, 64, 64))
+    assert [tuple(f.shape) for f in feats.values()] == [(1, 32, 4, 4)]
+
+    for pin, why in ((None, "the entry pins none"), ("0" * 64, "this file is another one")):
+        with pytest.raises(CheckpointError, match=f"is a TorchScript archive.*{why}"):
+            load_into_model(replace(entry, sha256=pin), dest)

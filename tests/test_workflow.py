@@ -36,7 +36,7 @@ def test_paper_profile_dry_run_lists_the_whole_dag_offline(tmp_path):
     # them (swin-b-in22k) table 1's, the others hub copies (timm:) and the authors' releases
     assert job_counts(result.stdout) == {"prepare_dataset": 3, "fetch_checkpoint": 6 + 5, "train_head": 36 + 30,
                                          "evaluate_head": 36 + 30, "table1": 1, "table4": 1}
-    for name in ("convnext-b-in22k", "vit-b16-in21k", "vit-b16-mae-official", "dinov2-b14-official", "clip-b16"):
+    for name in ("convnext-b-in22k", "vit-b16-in21k", "vit-b16-mae-official", "dinov2-b14-official", "clip-b16-official"):
         assert f"results/metrics/coco/{name}/finetune/seed0.json" in result.stdout, name
         assert f"runs/k400/{name}/frozen/seed0/head.safetensors" in result.stdout, name
     assert "--kind table4" in result.stdout and "backbone families" in result.stdout

@@ -1,7 +1,8 @@
 """The checkpoint registry (params/checkpoints.yaml): fetching, safe loading, conversion to timm.
 
 Fetched checkpoints are data, never code: safetensors files are read with safetensors, everything
-else with ``torch.load(weights_only=True)``. Official releases (Microsoft's Swin/SwinV2, Meta's
+else with ``torch.load(weights_only=True)``; a TorchScript archive (OpenAI's CLIP release) only when
+the registry pins its sha256 and the file has it. Official releases (Microsoft's Swin/SwinV2, Meta's
 DINOv2 and MAE, OpenAI's CLIP) are converted to timm keys by timm's own ``checkpoint_filter_fn`` of
 the architecture's module and loaded strictly. ``timm:<arch>.<tag>`` sources come from the Hugging
 Face hub through ``huggingface_hub``'s client and cache (``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``,
@@ -213,13 +214,43 @@ def pin_sha256(registry_path: str | Path, name: str, digest: str) -> None:
     write_text_atomic(registry_path, "".join(lines))
 
 
-def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
-    """Read tensors from a checkpoint file without running any code from it."""
+def is_torchscript_archive(path: Path) -> bool:
+    """A TorchScript archive: a torch zip file holding compiled code beside its tensors."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/__torch__/" in name for name in archive.namelist())
+
+
+def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, "torch.Tensor"]:
+    """Read tensors from a checkpoint file without running any code from it.
+
+    A TorchScript archive holds code that loading compiles (OpenAI publishes CLIP so): it is read
+    only when ``sha256`` (the registry's pin) is given and the file has it, that is, when it is the
+    very file its authors published.
+    """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; run `snakemake {path}` to fetch it.")
+    if path.suffix != ".safetensors" and is_torchscript_archive(path):
+        from frozenrep.io import file_digest
+
+        if sha256 is None or file_digest(path) != sha256:
+            raise CheckpointError(
+                f"checkpoint {path} is a TorchScript archive, whose loading compiles the code it holds: frozenrep "
+                "reads one only when the registry entry pins its sha256 and the file has it "
+                + ("(the entry pins none; pin the published hash)." if sha256 is None else
+                   f"(the entry pins {sha256}; this file is another one: fetch it again)."))
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+            module = torch.jit.load(str(path), map_location="cpu")
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -283,7 +314,7 @@ def load_into_model(entry: CheckpointEntry, path: str | Path, **overrides: Any) 
     The classifier of the checkpoint (if any) is kept so that loading stays strict; the feature
     extractor built from the model drops it.
     """
-    state = read_state_dict(path)
+    state = read_state_dict(path, entry.sha256)
     if entry.key_prefix:
         inner = {k[len(entry.key_prefix):]: v for k, v in state.items() if k.startswith(entry.key_prefix)}
         if not inner:
@@ -296,6 +327,9 @@ def load_into_model(entry: CheckpointEntry, path: str | Path, **overrides: Any) 
     model = create_model(entry, num_classes=0 if head is None else head.shape[0], **overrides)
     if entry.format in CONVERTED:
         state = checkpoint_filter(entry.arch)(state, model)
+        converted_head = state.get("head.weight")  # OpenAI CLIP's projection becomes timm's head
+        if head is None and converted_head is not None:
+            model = create_model(entry, num_classes=converted_head.shape[0], **overrides)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # tensors of the wrong shape
