@@ -256,7 +256,7 @@ def ci_run(tmp_path_factory, mlflow_server):
 @pytest.fixture(scope="session")
 def dvc_study(tmp_path_factory):
     """The CI profile's study reproduced from scratch by ``dvc repro`` in a git + DVC workspace
-    (tables 1 to 3, tracked in the workspace's sqlite store), then committed: (workspace, completed
+    (tables 1 to 4, tracked in the workspace's sqlite store), then committed: (workspace, completed
     process). Tests that change it work on a copy (``workspace.copy_workspace``)."""
     from workspace import dvc, git, make_dvc_workspace
 
