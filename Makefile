@@ -27,13 +27,16 @@ study: $(STAMP)
 
 # PYTEST_ARGS="-m 'not slurm and not browser'" leaves out the tests that start a SLURM cluster and
 # drive Chromium (both install Debian packages with apt-get; the SLURM one needs root).
+# TEST_WORKERS: pytest-xdist workers (0: one process); tests/conftest.py keeps the tests of one
+# DAG run on one worker.
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The fast lane: no Snakemake DAG, SLURM, browser or training subprocess (a few minutes).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not workflow and not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not workflow and not slow" $(PYTEST_ARGS)
 
 venv: $(STAMP)
 

@@ -1,8 +1,17 @@
-"""Shared fixtures: a loopback HTTP server with fault injection, tiny data, the tiny backbone."""
+"""Shared fixtures: a loopback HTTP server with fault injection, tiny data, the tiny backbone, and
+the two CI-sized DAG runs (Snakemake's, DVC's) that the workflow tests read.
+
+`make test` runs the suite on two pytest-xdist workers (``--dist loadgroup``). Tests that read the
+Snakemake run go to one worker and the DVC study's to another (``pytest_collection_modifyitems``),
+so each run is made once; the DVC study is also made once for a test that reads both runs.
+"""
 
 from __future__ import annotations
 
 import http.server
+import json
+import os
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -16,6 +25,27 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from frozenrep.config import config_from
 
 REPO = Path(__file__).resolve().parents[1]
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # the workers share the cores instead of each taking them all
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+# a test that reads one of these session fixtures runs on the worker of its group (the first that matches)
+DAG_GROUPS = {"ci_run": "snakemake-run", "dvc_study": "dvc-study"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under ``--dist loadgroup``, name each such test's group as xdist's own ``xdist_group`` mark
+    would: a ``@group`` suffix on its node id. (pytest-xdist 3.8 writes that suffix to
+    ``item._nodeid``, which pytest 9.2 no longer reads, so its marks group nothing.)"""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        group = next((DAG_GROUPS[name] for name in DAG_GROUPS if name in item.fixturenames), None)
+        if group:
+            item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
 
 @dataclass
@@ -253,16 +283,45 @@ def ci_run(tmp_path_factory, mlflow_server):
     return ws, result
 
 
+def made_once_per_run(tmp_path_factory, name: str, make) -> tuple[Path, subprocess.CompletedProcess]:
+    """``make(root)`` -> (workspace, completed process), made once for the whole pytest run: under
+    xdist the first worker to ask makes it in the run's own temporary folder while holding a lock,
+    and the others wait for it and read what it recorded (so a failure fails them too)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return make(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # the run's folder, above each worker's own
+    record = shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not record.exists():
+            try:
+                ws, done = make(shared / name)
+            except BaseException as error:
+                record.write_text(json.dumps({"error": f"{type(error).__name__}: {error}"}))
+                raise
+            record.write_text(json.dumps({"ws": str(ws), "args": done.args, "returncode": done.returncode,
+                                          "stdout": done.stdout, "stderr": done.stderr}))
+    saved = json.loads(record.read_text())
+    if "error" in saved:
+        pytest.fail(f"{name}: failed in another worker: {saved['error'][:5000]}")
+    return Path(saved["ws"]), subprocess.CompletedProcess(saved["args"], saved["returncode"], saved["stdout"],
+                                                           saved["stderr"])
+
+
 @pytest.fixture(scope="session")
 def dvc_study(tmp_path_factory):
     """The CI profile's study reproduced from scratch by ``dvc repro`` in a git + DVC workspace
     (tables 1 to 4, tracked in the workspace's sqlite store), then committed: (workspace, completed
-    process). Tests that change it work on a copy (``workspace.copy_workspace``)."""
+    process). Made once per run (``made_once_per_run``); tests that change it work on a copy
+    (``workspace.copy_workspace``)."""
     from workspace import dvc, git, make_dvc_workspace
 
-    root = tmp_path_factory.mktemp("dvc")
-    ws = make_dvc_workspace(root / "ws", "params/ci.yaml", root / "remote")
-    result = dvc(ws, "repro")
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    git(ws, "commit", "-qm", "study reproduced")  # dvc.lock (core.autostage staged it)
-    return ws, result
+    def make(root):
+        ws = make_dvc_workspace(root / "ws", "params/ci.yaml", root / "remote")
+        result = dvc(ws, "repro")
+        assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+        git(ws, "commit", "-qm", "study reproduced")  # dvc.lock (core.autostage staged it)
+        return ws, result
+
+    return made_once_per_run(tmp_path_factory, "dvc", make)

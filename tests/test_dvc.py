@@ -41,12 +41,9 @@ def study(dvc_study, tmp_path_factory):
     return copy_workspace(ws, tmp_path_factory.mktemp("dvc-life") / "ws"), result
 
 
-def test_dvc_repro_gives_the_snakemake_table_byte_for_byte(study, ci_run):
+def test_dvc_repro_runs_every_stage_once_and_locks_the_study(study):
+    """(The table it writes is Snakemake's byte for byte: test_workflow.py, at its end.)"""
     ws, result = study
-    snakemake_ws, snakemake_result = ci_run
-    assert snakemake_result.returncode == 0, snakemake_result.stderr[-3000:]
-    assert (ws / "results/table1.csv").read_bytes() == (snakemake_ws / "results/table1.csv").read_bytes()
-    assert (ws / "results/table1.json").read_bytes() == (snakemake_ws / "results/table1.json").read_bytes()
     assert sorted(re.findall(r"Running stage '([\w@]+)'", result.stdout)) == [
         "checkpoints", "dataset@ade20k", "dataset@coco", "dataset@k400", "study"]
     # table 2's rungs with the profile's head are table 1's jobs, run once; its other rungs have their own

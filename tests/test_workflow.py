@@ -424,3 +424,13 @@ def test_tables_1_and_4_over_backbone_families_through_registry_entries_and_a_pr
     assert len(set(sizes.values())) == len(families) and all(n > 1000 for n in sizes.values()), sizes
     assert (copy / "results/table4.md").read_text().startswith("ci: backbone families, 1 seed per cell")
     assert (copy / "results/table4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dvc_repro_and_snakemake_write_the_same_table_byte_for_byte(ci_run, dvc_study):
+    """The two ways in, each from scratch in its own workspace: `dvc repro` (the study stage runs
+    Snakemake) and Snakemake alone. Last in this file: the DVC study is made by another worker."""
+    ws, result = dvc_study
+    snakemake_ws, snakemake_result = ci_run
+    assert snakemake_result.returncode == 0, snakemake_result.stderr[-3000:]
+    for name in ("table1.csv", "table1.json"):
+        assert (ws / "results" / name).read_bytes() == (snakemake_ws / "results" / name).read_bytes(), name
