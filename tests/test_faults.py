@@ -79,6 +79,50 @@ def test_sigkill_at_a_random_step_then_rerun_gives_the_same_head_and_metrics(job
     assert evaluate(root, spec, whole, tmp_path / "whole.json") == evaluate(root, spec, killed, tmp_path / "killed.json")
 
 
+def test_stop_signals_save_the_state_of_that_step_and_the_reruns_resume_to_the_same_head(job_root, tmp_path):
+    """SIGUSR1 (SLURM's warning ahead of the time limit) and then, in the resumed job, SIGTERM
+    (preemption, a cancelled job) mid-training: each time the job writes its state at the end of the
+    step it is in, not only at the last periodic one, and ends by that signal, its MLflow run KILLED.
+    The same command resumes it each time; the end is the uninterrupted head and curve, in one run."""
+    from mlflow.tracking import MlflowClient
+
+    root, entry = job_root
+    spec = job_spec(root, entry, "k400", "stops", steps=12, checkpoint_every=4, log_every=1)
+    whole = tmp_path / "whole" / "head.safetensors"
+    in_this_process(run_training, spec, root / "tiny.safetensors", Path(manifest(root, spec)), whole,
+                    whole.parent / "curve.csv")
+
+    stopped = tmp_path / "stopped" / "head.safetensors"
+    state = stopped.parent / "state.pt"
+    client, runs = MlflowClient(tracking_uri=spec["tracking"]["uri"]), set()
+    for signum, periodic in ((signal.SIGUSR1, 4), (signal.SIGTERM, 8)):
+        process = subprocess.Popen(train_cmd(root, spec, stopped), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True, env=env())
+        deadline = time.monotonic() + 300
+        while not (state.exists() and torch.load(state, weights_only=True)["step"] >= periodic):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+            time.sleep(0.01)
+        process.send_signal(signum)  # in the step after the periodic state
+        stderr = process.communicate(timeout=120)[1]
+        assert process.returncode == -signum, stderr[-3000:]  # ended by the signal it was sent
+        assert not stopped.exists(), "the job had finished before the signal"
+        step = torch.load(state, weights_only=True)["step"]
+        assert periodic < step < periodic + 4, step  # saved where it stopped: a SIGKILL leaves `periodic`
+        name = signal.Signals(signum).name
+        assert f"{name} at step {step}/12: the state is in {state}; run the job again" in stderr
+        killed = client.search_runs([client.get_experiment_by_name("stops").experiment_id],
+                                    filter_string="attributes.status = 'KILLED'")
+        assert len(killed) == 1 and name in killed[0].data.tags["error"]
+        runs.add(killed[0].info.run_id)
+
+    subprocess.run(train_cmd(root, spec, stopped), check=True, capture_output=True, env=env())
+    a, b = load_file(str(whole)), load_file(str(stopped))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (whole.parent / "curve.csv").read_bytes() == (stopped.parent / "curve.csv").read_bytes()
+    [run] = runs  # the job's one run, resumed twice
+    assert client.get_run(run).info.status == "FINISHED"
+
+
 def test_failing_job_leaves_no_output_and_marks_its_mlflow_run_failed(job_inputs, tmp_path):
     from mlflow.tracking import MlflowClient
 

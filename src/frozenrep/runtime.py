@@ -1,14 +1,20 @@
-"""Where a job runs: device choice, thread budget, and the torchrun process group (set-up, shutdown,
-and the collectives the training loop and the evaluations use). Without a process group every
-collective is the identity, so the same code runs in a plain process."""
+"""Where a job runs: device choice, thread budget, the torchrun process group (set-up, shutdown,
+and the collectives the training loop and the evaluations use), and the stop signals a scheduler
+sends. Without a process group every collective is the identity, so the same code runs in a plain
+process."""
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
+
+log = logging.getLogger("frozenrep")  # frozenrep.progress sets it up; this module imports none of frozenrep
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -51,12 +57,77 @@ def stop_distributed() -> None:
         dist.destroy_process_group()
 
 
+# SIGTERM: preemption, scancel, Snakemake or torchrun stopping the job; SIGUSR1: what SLURM sends
+# ahead of the time limit when asked to (sbatch --signal=USR1@<seconds>)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Stopped(BaseException):
+    """A stop signal came and the job saved what it needs to resume (like ``KeyboardInterrupt``, not
+    an error: MLflow marks the run KILLED). :func:`job_process` then ends the process by that signal."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopSignals:
+    """While the block runs, a stop signal (:data:`STOP_SIGNALS`) is noted instead of ending the
+    process; :meth:`received` says, at a point of the loop's choosing, whether any rank got one.
+    Outside the main thread (where Python delivers signals) nothing is installed."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._note) for sig in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        if self.signum and not isinstance(exc[1], Stopped):  # noted, but the block ended first
+            signal.raise_signal(self.signum)
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.signum = self.signum or signum
+
+    def received(self) -> int:
+        """The signal this rank or any other got (0: none); every rank gets the same answer, so
+        they all stop after the same step."""
+        _, world = distributed()
+        if world == 1:
+            return self.signum
+        import torch.distributed as dist
+
+        flag = torch.tensor([self.signum], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker's start: stop signals are the training process's to handle (a scheduler
+    signals every process of the job); the loader ends its workers itself."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 @contextmanager
 def job_process(threads: int | None) -> Iterator[None]:
-    """A training or evaluation job's process: its thread budget, and the process group left on exit."""
+    """A training or evaluation job's process: its thread budget, the process group left on exit,
+    and after a :class:`Stopped` (its state saved), the end of the process by the signal that
+    stopped it, as the sender expects."""
     set_threads(threads)
     try:
         yield
+    except Stopped as stop:
+        stop_distributed()
+        log.warning("%s", stop)
+        signal.signal(stop.signum, signal.SIG_DFL)
+        signal.raise_signal(stop.signum)
+        raise
     finally:
         stop_distributed()
 

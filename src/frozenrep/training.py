@@ -3,7 +3,9 @@
 AdamW over the parameters that require gradients (never the frozen backbone), linear warm-up
 then a cosine or step schedule, AMP on GPU, gradient clipping, and a resumable state file
 (model, optimizer, scheduler, scaler, RNG, step) written atomically every ``checkpoint_every``
-steps: a job killed at any point and run again continues where its last state left off.
+steps: a job killed at any point and run again continues where its last state left off. On a stop
+signal (SIGTERM: preemption, a cancelled job; SIGUSR1: SLURM's warning ahead of the time limit)
+the loop writes the state at the end of the step it is in and stops, so nothing is lost.
 
 Under ``torchrun`` (an initialised process group) the same loop runs data-parallel: the model is
 wrapped in PyTorch's DistributedDataParallel, each step's global batch (``batch_size`` per
@@ -13,6 +15,7 @@ process) is split between the ranks, and only rank 0 writes state files and logs
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -25,7 +28,7 @@ from frozenrep.backbones import BackboneAdapter, trainable_state_dict
 from frozenrep.io import atomic_path
 from frozenrep.progress import Progress, log
 from frozenrep.randomness import batch_seeds
-from frozenrep.runtime import barrier, distributed, mean_over_ranks
+from frozenrep.runtime import StopSignals, Stopped, barrier, distributed, ignore_stop_signals, mean_over_ranks
 
 STATE_FILE = "state.pt"
 
@@ -260,7 +263,7 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
     sampler = ResumableBatchSampler(len(dataset), cfg.batch_size * world, seed, start, cfg.steps, rank, world)
     loader = DataLoader(KeyedDataset(dataset), batch_sampler=sampler, collate_fn=KeyedCollate(collate_fn),
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(seed))
+                        generator=torch.Generator().manual_seed(seed), worker_init_fn=ignore_stop_signals)
     forward_model: nn.Module = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -278,7 +281,8 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
     model.train()
     losses: dict[str, float] = {}
     step = start
-    with Progress(cfg.steps, f"train {run_dir}", unit="step", initial=start, enabled=rank == 0) as progress:
+    with (StopSignals() as stop,
+          Progress(cfg.steps, f"train {run_dir}", unit="step", initial=start, enabled=rank == 0) as progress):
         for batch, sample_seeds in loader:
             batch = to_device(batch, device)
             with batch_seeds(sample_seeds):  # randomness inside the losses is drawn per sample
@@ -291,11 +295,15 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
                 curve.append({"step": step, **point})
                 if logger is not None and rank == 0:
                     logger.log_metrics(point, step)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            signum = stop.received()
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or signum:
                 if rank == 0:
                     state = snapshot(step)
                     save_state(state_path, state)
                     if on_state is not None:
                         on_state(state)
                 barrier()  # nobody runs ahead of the state a resumed job would start from
+            if signum and step < cfg.steps:
+                raise Stopped(signum, f"{signal.Signals(signum).name} at step {step}/{cfg.steps}: the state is in "
+                              f"{state_path}; run the job again to resume from it")
     return {"step": step, "losses": losses, "curve": curve}
