@@ -91,7 +91,7 @@ def test_push_delete_pull_restores_everything_byte_identical(study):
 
 
 # a K400 setting reruns the K400 jobs of table 1 (frozen and fine-tuned; table 3's frozen one is the
-# same job) and of table 2's other K400 rung, then the three tables
+# same job) and of table 2's other K400 rung, then the four tables
 K400_JOBS = {"train_head": 2, "evaluate_head": 2, "train_head_rung": 2, "evaluate_head_rung": 2,
              "table1": 1, "table2": 1, "table3": 1, "table4": 1}
 
