@@ -101,8 +101,10 @@ def test_two_processes_train_what_one_process_with_the_whole_batch_trains(reques
 
 def test_a_job_killed_under_torchrun_resumes_to_the_uninterrupted_weights(job_root):
     """SIGKILL to the whole torchrun job (launcher and both ranks) after a checkpoint, then the same
-    command again: it resumes from rank 0's state and ends with the uninterrupted run's weights,
-    curve and MLflow run."""
+    command again, stopped by SIGTERM to the launcher alone (as preemption or Snakemake does it;
+    torchrun passes it to the ranks), then once more: each run resumes from rank 0's state (after the
+    SIGTERM, of the step both ranks stopped after), and the last ends with the uninterrupted run's
+    weights, curve and MLflow run."""
     root, entry = job_root
     spec = job_spec(root, entry, "k400", "ddp-resume", steps=12, batch_size=2, checkpoint_every=2, log_every=1)
 
@@ -132,8 +134,20 @@ def test_a_job_killed_under_torchrun_resumes_to_the_uninterrupted_weights(job_ro
     assert 4 <= step_at_kill < 12
     run_id = (killed.parent / "mlflow_run_id").read_text().split()[1]
 
+    process = subprocess.Popen(killed_cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not (torch.load(state, weights_only=True)["step"] >= 8 or process.poll() is not None):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)  # to torchrun, which sends it on to both ranks
+    log = process.communicate(timeout=120)[1]
+    assert f"resuming {killed.parent} from step {step_at_kill}/12" in log, log[-3000:]
+    assert process.returncode != 0 and not killed.exists(), log[-3000:]
+    step_at_stop = torch.load(state, weights_only=True)["step"]
+    assert 8 < step_at_stop < 12, step_at_stop  # saved where both ranks stopped, past the periodic state
+    assert log.count(f"SIGTERM at step {step_at_stop}/12: the state is in {state}") == 2, log[-3000:]
+
     log = run(killed_cmd).stderr
-    assert f"resuming {killed.parent} from step {step_at_kill}/12" in log, log
+    assert f"resuming {killed.parent} from step {step_at_stop}/12" in log, log
     a, b = load_file(str(whole)), load_file(str(killed))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert pd.read_csv(killed.parent / "curve.csv")["loss"].tolist() == pytest.approx(
