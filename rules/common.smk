@@ -6,7 +6,8 @@ from pathlib import Path
 
 from frozenrep import paths
 from frozenrep.checkpoints import load_registry
-from frozenrep.config import check_config, is_profile_head, prefer_interpreter, profile_schema
+from frozenrep.config import (check_config, is_profile_head, job_processes_per_node, prefer_interpreter,
+                              profile_schema)
 from frozenrep.config import job_spec as make_job_spec  # the rule's name for it is job_spec
 from frozenrep.locks import release_stale_snakemake_locks
 from frozenrep.tasks import TASK_NAMES
@@ -123,7 +124,7 @@ def feature_cache_option(wildcards):
 
 
 def task_resource(key):
-    """Input function for a task's `resources` entry (threads, gpus, mem_mb, runtime)."""
+    """Input function for a task's `resources` entry (threads, gpus, mem_mb, runtime, nodes)."""
 
     def get(wildcards):
         return config[wildcards.task]["resources"][key]
@@ -131,19 +132,54 @@ def task_resource(key):
     return get
 
 
-def job_processes(task):
-    """Processes of one training or evaluation job: `resources.processes`, else one per GPU (at least one)."""
-    resources = config[task]["resources"]
-    return resources.get("processes") or max(resources["gpus"], 1)
+def multi_node_resource(key):
+    """Input function for what snakemake-executor-plugin-slurm needs of a job over `resources.nodes` > 1
+    (None, which leaves a resource unset, for one node):
+    - `mpi`: the plugin runs the rule's command in the batch script itself (the command's own srun
+      starts the processes), not inside an `srun -n1` of its own;
+    - `tasks`: one task per node, the torchrun of that node;
+    - `gres`: the GPUs per node (`--gres=gpu:N`; the single-node `gpu` resource is a job total),
+      and `tasks_per_gpu: 0`, which keeps the plugin from deriving `--ntasks-per-gpu` from `tasks`;
+    - `gpu`: the single-node job's GPUs (`--gpus=N`)."""
+
+    def get(wildcards):
+        resources = config[wildcards.task]["resources"]
+        nodes, gpus = resources["nodes"], resources["gpus"]
+        if key == "gpu":
+            return gpus if nodes == 1 else None
+        if nodes == 1 or (key in ("gres", "tasks_per_gpu") and not gpus):
+            return None
+        return {"mpi": "srun", "tasks": nodes, "gres": f"gpu:{gpus}", "tasks_per_gpu": 0}[key]
+
+    return get
+
+
+# The rendezvous port on a multi-node job's first node: one per job, so that jobs sharing a node do not meet.
+RENDEZVOUS_PORT = "$((29500 + SLURM_JOB_ID % 20000))"
 
 
 def job_launcher(wildcards):
-    """`python`, or torchrun with one process per GPU (or per `processes`): data-parallel training,
-    and evaluation that splits the validation set over the ranks and pools their predictions."""
-    processes = job_processes(wildcards.task)
+    """What starts a training or evaluation job's script, by `exec`, so that a stop signal (SIGTERM at
+    preemption or at the time limit) reaches the job itself and not a shell in between: `python`;
+    torchrun with one process per GPU (or per `processes`) on one node; or, over `resources.nodes` > 1,
+    srun starting one torchrun per node of the SLURM allocation, which meet at a c10d rendezvous on
+    its first node. Data-parallel training, and evaluation that splits the validation set over the
+    ranks and pools their predictions."""
+    resources = config[wildcards.task]["resources"]
+    processes, nodes = job_processes_per_node(resources), resources["nodes"]
+    if nodes > 1:
+        need = (f"{wildcards.task}.resources.nodes is {nodes}: the job runs in a SLURM allocation of that many "
+                "nodes (snakemake --profile profiles/slurm); set nodes to 1 to run it here")
+        gpus = f" --gpus-per-node={resources['gpus']}" if resources["gpus"] else ""
+        # The plugin passes the job id alone of the allocation's variables (SLURM_JOB_NODELIST is not among them).
+        first = '$(scontrol show hostnames "$(squeue --noheader --jobs "$SLURM_JOB_ID" --format %N)" | head -n 1)'
+        return (f': "${{SLURM_JOB_ID:?{need}}}" && exec srun --nodes={nodes} --ntasks-per-node=1 '
+                f"--cpus-per-task={resources['threads']}{gpus} --kill-on-bad-exit=1 "
+                f"torchrun --nnodes={nodes} --nproc_per_node={processes} --rdzv_backend=c10d "
+                f'--rdzv_id="$SLURM_JOB_ID" --rdzv_endpoint="{first}:{RENDEZVOUS_PORT}"')
     if processes == 1:
-        return "python"
-    return f"torchrun --standalone --nproc_per_node={processes}"
+        return "exec python"
+    return f"exec torchrun --standalone --nproc_per_node={processes}"
 
 
 def task_threads(wildcards):

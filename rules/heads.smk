@@ -23,9 +23,14 @@ rule train_head:
         paths.pattern(paths.TRAIN_BENCHMARK)
     threads: task_threads
     resources:
-        gpu=task_resource("gpus"),
         mem_mb=task_resource("mem_mb"),
         runtime=task_resource("runtime"),
+        nodes=task_resource("nodes"),
+        gpu=multi_node_resource("gpu"),
+        gres=multi_node_resource("gres"),
+        mpi=multi_node_resource("mpi"),
+        tasks=multi_node_resource("tasks"),
+        tasks_per_gpu=multi_node_resource("tasks_per_gpu"),
     conda:
         "../envs/frozenrep.yaml"
     shell:
@@ -59,9 +64,14 @@ rule evaluate_head:
         paths.pattern(paths.EVALUATE_BENCHMARK)
     threads: task_threads
     resources:
-        gpu=task_resource("gpus"),
         mem_mb=task_resource("mem_mb"),
         runtime=task_resource("runtime"),
+        nodes=task_resource("nodes"),
+        gpu=multi_node_resource("gpu"),
+        gres=multi_node_resource("gres"),
+        mpi=multi_node_resource("mpi"),
+        tasks=multi_node_resource("tasks"),
+        tasks_per_gpu=multi_node_resource("tasks_per_gpu"),
     conda:
         "../envs/frozenrep.yaml"
     shell:

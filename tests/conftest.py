@@ -30,7 +30,7 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # the workers share the cores ins
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 # a test that reads one of these session fixtures runs on the worker of its group (the first that matches)
-DAG_GROUPS = {"ci_run": "snakemake-run", "dvc_study": "dvc-study"}
+DAG_GROUPS = {"ci_run": "snakemake-run", "dvc_study": "dvc-study", "slurm_cluster": "slurm"}
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -44,6 +44,10 @@ def test_ci_profile_is_valid(workspace):
     (lambda c: c["table2"]["rungs"]["k400"].append({"name": "depth0", "head": {}}),
      r"table2.rungs.k400: rung names must differ"),
     (lambda c: c.update(tasks=["coco", "k400"]), r"table2.rungs.ade20k: 'ade20k' is not in tasks"),
+    (lambda c: c["k400"]["resources"].update(nodes=0), r"0 is less than the minimum of 1[\s\S]*nodes"),
+    (lambda c: c["k400"]["resources"].update(nodes=3),  # batch_size 4 over 3 processes
+     r"k400.train.batch_size 4 is the batch of a step over all processes and does not divide between the job's "
+     r"3 \(3 node\(s\) x 1\): make it a multiple of 3, or change k400.resources"),
 ])
 def test_bad_profile_is_rejected_before_any_job(workspace, change, expected):
     result = profile_with(workspace, change)

@@ -1,5 +1,5 @@
-"""Data-parallel training under torchrun (gloo on the CPU): two processes with half a batch each
-train what one process with the whole batch trains, for every head; a job killed under torchrun
+"""Data-parallel training under torchrun (gloo on the CPU): two processes, each taking half of
+every step's batch, train what one process with the whole batch trains, for every head; a job killed under torchrun
 resumes to the same weights; evaluation pools the ranks' predictions; only rank 0 writes files and
 tracks the run."""
 
@@ -66,7 +66,7 @@ def vit_root(tmp_path_factory, registry):
 def test_two_processes_train_what_one_process_with_the_whole_batch_trains(request, backbone, task):
     root, entry = request.getfixturevalue("job_root" if backbone == "swin" else "vit_root")
     _, single = single_process_head(root, entry, task)
-    ddp_cmd, ddp = job(root, entry, task, 2, f"{task}-ddp")  # 2 per process, 4 per step
+    ddp_cmd, ddp = job(root, entry, task, 4, f"{task}-ddp")  # the same batch of 4 per step: 2 per process
     log = run([*TORCHRUN, *ddp_cmd]).stderr
     assert "Traceback" not in log
 
@@ -106,7 +106,7 @@ def test_a_job_killed_under_torchrun_resumes_to_the_uninterrupted_weights(job_ro
     SIGTERM, of the step both ranks stopped after), and the last ends with the uninterrupted run's
     weights, curve and MLflow run."""
     root, entry = job_root
-    spec = job_spec(root, entry, "k400", "ddp-resume", steps=12, batch_size=2, checkpoint_every=2, log_every=1)
+    spec = job_spec(root, entry, "k400", "ddp-resume", steps=12, batch_size=4, checkpoint_every=2, log_every=1)
 
     def command(name):
         out = root / name / "head.safetensors"

@@ -54,7 +54,9 @@ def test_paper_profile_dry_run_lists_the_whole_dag_offline(tmp_path):
 
 def test_paper_profile_dry_run_of_tables_2_and_3(tmp_path):
     ws = make_workspace(tmp_path / "ws")
-    result = snakemake(ws, "-n", "-p", "--configfile=params/paper.yaml", "results/table2.csv", "results/table3.csv")
+    (ws / "two-nodes.yaml").write_text("coco:\n  resources: {nodes: 2}\n")  # COCO's jobs over two nodes of 8 GPUs
+    result = snakemake(ws, "-n", "-p", "results/table2.csv", "results/table3.csv",
+                       "--configfile", "params/paper.yaml", "two-nodes.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
     # table 2: SwinV2-L x (frozen, finetune) x rungs (COCO 3, ADE20K 3, K400 4), one per task being the
     # profile's head (table 1's jobs: train_head); table 3: 3 backbones x 3 tasks, frozen, SwinV2-L's shared
@@ -65,7 +67,13 @@ def test_paper_profile_dry_run_of_tables_2_and_3(tmp_path):
     assert "results/metrics/ade20k/swinv2-l-in22k/finetune/seed0.json" in result.stdout  # the pd1-td4 rung
     assert "runs/heads/ade20k/pd1-td4" not in result.stdout
     assert "results/metrics/k400/swin-b-in22k/frozen/seed0.json" in result.stdout
-    assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/train.py") == 26
+    # COCO: 2 + 4 (table 2: the profile's head and two rungs, frozen and fine-tuned) + 2 (table 3)
+    # training jobs, srun starting one torchrun per node; the others on one node
+    two_nodes = ("srun --nodes=2 --ntasks-per-node=1 --cpus-per-task=8 --gpus-per-node=8 --kill-on-bad-exit=1 "
+                 "torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d")
+    assert result.stdout.count(f"{two_nodes} ") == 8 + 8  # training and evaluation
+    assert re.search(rf"{two_nodes} [^\n]*workflow_scripts/train.py[^\n]*runs/heads/coco/4conv1fc-fpn3/", result.stdout)
+    assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/train.py") == 26 - 8
     assert "swinv2-g-lin22" in result.stdout  # the published reference row goes to make_table.py
     assert not (ws / "data").exists() and not (ws / "checkpoints").exists()
 

@@ -70,6 +70,13 @@ def check_config(config: Mapping[str, Any], registry: Mapping[str, CheckpointEnt
                               "section (source: generate, download or existing).")
         if task not in config:
             raise ConfigError(f"tasks lists {task!r}, but there is no {task} section with its head/train settings.")
+        processes = job_world(config[task]["resources"])
+        if config[task]["train"]["batch_size"] % processes:
+            resources = config[task]["resources"]
+            raise ConfigError(f"{task}.train.batch_size {config[task]['train']['batch_size']} is the batch of a step over "
+                              f"all processes and does not divide between the job's {processes} "
+                              f"({resources['nodes']} node(s) x {job_processes_per_node(resources)}): make it a "
+                              f"multiple of {processes}, or change {task}.resources.")
         settings = config["datasets"][dataset]
         if settings["source"] == "existing" and not Path(settings["root"]).is_dir():
             raise ConfigError(f"datasets.{dataset}.root: {settings['root']} does not exist (source: existing); "
@@ -79,6 +86,16 @@ def check_config(config: Mapping[str, Any], registry: Mapping[str, CheckpointEnt
                 if not settings.get("download", {}).get(key):
                     raise ConfigError(f"datasets.{dataset}.download.{key} is not set (source: download); "
                                       "see params/paper.yaml for the official sources.")
+
+
+def job_processes_per_node(resources: Mapping[str, Any]) -> int:
+    """Processes per node of a task's jobs: ``resources.processes``, else one per GPU (at least one)."""
+    return resources.get("processes") or max(resources["gpus"], 1)
+
+
+def job_world(resources: Mapping[str, Any]) -> int:
+    """Processes of a task's training or evaluation job over all its nodes."""
+    return resources["nodes"] * job_processes_per_node(resources)
 
 
 def _validate(value: Any, schema: Mapping[str, Any], where: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -46,6 +47,8 @@ def start_distributed(name: str = "auto") -> tuple[torch.device, int]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    log.info("rank %d of %d on %s (local rank %s, %s)", dist.get_rank(), dist.get_world_size(), socket.gethostname(),
+             os.environ.get("LOCAL_RANK", "0"), device)
     return device, dist.get_rank()
 
 

@@ -8,8 +8,9 @@ signal (SIGTERM: preemption, a cancelled job; SIGUSR1: SLURM's warning ahead of 
 the loop writes the state at the end of the step it is in and stops, so nothing is lost.
 
 Under ``torchrun`` (an initialised process group) the same loop runs data-parallel: the model is
-wrapped in PyTorch's DistributedDataParallel, each step's global batch (``batch_size`` per
-process) is split between the ranks, and only rank 0 writes state files and logs metrics.
+wrapped in PyTorch's DistributedDataParallel, each step's batch (``batch_size``, the same for any
+number of processes) is split between the ranks, and only rank 0 writes state files and logs
+metrics. The state does not depend on the number of processes: a job may resume on other nodes.
 """
 
 from __future__ import annotations
@@ -260,7 +261,11 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
     if start == 0:
         torch.manual_seed(seed)
 
-    sampler = ResumableBatchSampler(len(dataset), cfg.batch_size * world, seed, start, cfg.steps, rank, world)
+    if cfg.batch_size % world:
+        raise TrainingError(f"train.batch_size {cfg.batch_size} is the batch of a step over all {world} processes and "
+                            f"does not divide between them: make it a multiple of {world}, or change the processes "
+                            "(resources.nodes x resources.processes or resources.gpus)")
+    sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, seed, start, cfg.steps, rank, world)
     loader = DataLoader(KeyedDataset(dataset), batch_sampler=sampler, collate_fn=KeyedCollate(collate_fn),
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(seed), worker_init_fn=ignore_stop_signals)
