@@ -40,12 +40,13 @@ test-fast: $(STAMP)
 
 venv: $(STAMP)
 
-$(STAMP): envs/requirements.txt envs/constraints.txt pyproject.toml
+$(STAMP): envs/requirements.txt envs/constraints.txt envs/detectron2.txt envs/frozenrep.post-deploy.sh pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: frozenrep needs Python 3.11 (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
 	$(BIN)/python -m pip install --progress-bar off -r envs/requirements.txt -c envs/constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	PYTHON=$(BIN)/python bash envs/frozenrep.post-deploy.sh   # Detectron2 (see there)
 	touch $@
 
 lint: $(STAMP)

@@ -175,6 +175,25 @@ def tiny_coco(tmp_path_factory):
     return root
 
 
+@pytest.fixture
+def remapped_coco(tmp_path, tiny_coco):
+    """The tiny dataset with non-contiguous category ids (as real COCO has: 1..90 with gaps)."""
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(tiny_coco, root)
+    remap = {1: 5, 2: 17, 3: 90}
+    for split in ("train", "val"):
+        path = root / "annotations" / f"instances_{split}2017.json"
+        data = json.loads(path.read_text())
+        for cat in data["categories"]:
+            cat["id"] = remap[cat["id"]]
+        for ann in data["annotations"]:
+            ann["category_id"] = remap[ann["category_id"]]
+        path.write_text(json.dumps(data))
+    return root
+
+
 class DispatchedOps(TorchDispatchMode):
     """The aten operators dispatched inside ``with DispatchedOps() as ops:`` (``ops.names``):
     a test sees whether code reads a value back to the host (``aten::_local_scalar_dense``)."""
@@ -196,17 +215,24 @@ TINY_HEAD = dict(fpn_channels=16, anchor_sizes=((8,), (16,), (32,), (64,), (128,
 
 @pytest.fixture
 def tiny_detector(tiny_entry):
-    """Factory: a Mask R-CNN on the tiny Swin (random weights) in the given mode."""
+    """Factory: a Mask R-CNN on the tiny Swin (random weights) in the given mode, on the given
+    detection engine (``coco.engine``), with ``head`` replacing keys of the tiny head."""
     import torch
 
     from frozenrep.backbones import build_backbone
     from frozenrep.heads.coco import DetectionHeadConfig, build_mask_rcnn
 
-    def make(mode: str = "frozen", num_classes: int = 4, seed: int = 0):
+    def make(mode: str = "frozen", num_classes: int = 4, seed: int = 0, engine: str = "torchvision", **head):
         torch.manual_seed(seed)
         backbone = build_backbone(tiny_entry, None, mode=mode)
-        return build_mask_rcnn(backbone, num_classes, config_from(DetectionHeadConfig, TINY_HEAD, "coco.head"),
-                               tiny_entry.input_mean, tiny_entry.input_std)
+        if engine == "detectron2":
+            head = {"fpn_channels": 32, **head}  # Detectron2's GroupNorm has 32 groups
+        config = config_from(DetectionHeadConfig, {**TINY_HEAD, **head}, "coco.head")
+        if engine == "detectron2":
+            from frozenrep.heads.coco_detectron2 import build_detectron2_rcnn
+
+            return build_detectron2_rcnn(backbone, num_classes, config, tiny_entry.input_mean, tiny_entry.input_std)
+        return build_mask_rcnn(backbone, num_classes, config, tiny_entry.input_mean, tiny_entry.input_std)
 
     return make
 

@@ -1,10 +1,8 @@
 """Mask R-CNN on the adapter, and COCO AP computed from predictions by pycocotools."""
 
-import json
-import shutil
-
 import pytest
 import torch
+from workspace import ground_truth_outputs
 
 from frozenrep.config import config_from
 from frozenrep.data.coco import CocoDetection
@@ -100,39 +98,6 @@ def test_fpn_repeats_stack_pyramids_and_add_the_pool_level_once(tiny_entry):
     assert not torch.allclose(a[list(a)[0]], b[list(b)[0]])
     with pytest.raises(ValueError, match="fpn_repeats must be at least 1"):
         neck(0)
-
-
-def ground_truth_outputs(ds, shift=0.0):
-    """Model-style outputs that reproduce the ground truth (boxes shifted by `shift` x their width)."""
-    outputs = []
-    for index in range(len(ds)):
-        _, target = ds[index]
-        boxes = target["boxes"].clone()
-        widths = boxes[:, 2] - boxes[:, 0]
-        boxes[:, [0, 2]] += shift * widths[:, None]
-        masks = target["masks"].float()[:, None]
-        if shift:
-            masks = torch.roll(masks, shifts=int(shift * widths.mean().item()) if len(widths) else 0, dims=-1)
-        outputs.append({"boxes": boxes, "labels": target["labels"], "scores": torch.ones(len(boxes)),
-                        "masks": masks})
-    return outputs
-
-
-@pytest.fixture
-def remapped_coco(tmp_path, tiny_coco):
-    """The tiny dataset with non-contiguous category ids (as real COCO has: 1..90 with gaps)."""
-    root = tmp_path / "coco"
-    shutil.copytree(tiny_coco, root)
-    remap = {1: 5, 2: 17, 3: 90}
-    for split in ("train", "val"):
-        path = root / "annotations" / f"instances_{split}2017.json"
-        data = json.loads(path.read_text())
-        for cat in data["categories"]:
-            cat["id"] = remap[cat["id"]]
-        for ann in data["annotations"]:
-            ann["category_id"] = remap[ann["category_id"]]
-        path.write_text(json.dumps(data))
-    return root
 
 
 def test_coco_ap_of_perfect_shifted_and_empty_predictions(remapped_coco):

@@ -18,8 +18,8 @@ class Killed(Exception):
     pass
 
 
-def run(tiny_detector, tiny_coco, run_dir, kill_at=None, fingerprint="f"):
-    model = tiny_detector("frozen")
+def run(tiny_detector, tiny_coco, run_dir, kill_at=None, fingerprint="f", engine="torchvision"):
+    model = tiny_detector("frozen", engine=engine)
     dataset = CocoDetection(tiny_coco, "train", train=True)
 
     def on_state(state):
@@ -31,12 +31,13 @@ def run(tiny_detector, tiny_coco, run_dir, kill_at=None, fingerprint="f"):
     return trainable_state_dict(model)
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tiny_detector, tiny_coco, tmp_path):
-    reference = run(tiny_detector, tiny_coco, tmp_path / "a")
+@pytest.mark.parametrize("engine", ["torchvision", "detectron2"])
+def test_resume_after_kill_matches_uninterrupted_run(tiny_detector, tiny_coco, tmp_path, engine):
+    reference = run(tiny_detector, tiny_coco, tmp_path / "a", engine=engine)
     with pytest.raises(Killed):
-        run(tiny_detector, tiny_coco, tmp_path / "b", kill_at=4)
+        run(tiny_detector, tiny_coco, tmp_path / "b", kill_at=4, engine=engine)
     assert torch.load(tmp_path / "b" / "state.pt", weights_only=True)["step"] == 4
-    resumed = run(tiny_detector, tiny_coco, tmp_path / "b")
+    resumed = run(tiny_detector, tiny_coco, tmp_path / "b", engine=engine)
     assert reference.keys() == resumed.keys()
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
 

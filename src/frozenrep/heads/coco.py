@@ -49,6 +49,7 @@ class DetectionHeadConfig:
     rpn_post_nms_top_n_test: int
     detections_per_image: int
     score_threshold: float
+    roi_heads: str  # "standard" (Mask R-CNN) or "cascade" (Cascade Mask R-CNN, Detectron2 only)
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -124,6 +125,9 @@ def build_mask_rcnn(backbone: BackboneAdapter, num_classes: int, head: Detection
                     image_mean: Sequence[float], image_std: Sequence[float]) -> MaskRCNN:
     """Mask R-CNN with FPN on ``backbone``'s levels (:func:`~frozenrep.backbones.feature_levels`);
     sized from their channels and strides only."""
+    if head.roi_heads != "standard":
+        raise ValueError(f"coco.head.roi_heads is {head.roi_heads!r}, which torchvision does not have (it has no Cascade "
+                         "R-CNN): set coco.engine to detectron2, or roi_heads to standard.")
     levels = feature_levels(backbone)
     fpn = FPNBackbone(levels, head.fpn_channels, head.extra_blocks, head.fpn_repeats)
     if len(head.anchor_sizes) != fpn.num_levels:
@@ -167,8 +171,19 @@ LOSS_NORMALISERS = {"loss_objectness": ("rpn", 1), "loss_rpn_box_reg": ("rpn", 1
                     "loss_mask": ("roi_heads", 0)}
 
 
-def detection_loss(model: MaskRCNN, batch: tuple[list[torch.Tensor], list[dict]]) -> dict[str, torch.Tensor]:
-    """Mask R-CNN's own training losses for a batch of ``(images, targets)``.
+def loss_normalisers(model: nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
+    """What each loss term of ``model``'s last training forward is a mean over, on this rank: the
+    detector's own ``loss_normalisers`` (the Detectron2 engine's), or torchvision Mask R-CNN's
+    samplers' counts (:data:`LOSS_NORMALISERS`)."""
+    own = getattr(model, "loss_normalisers", None)
+    if own is not None:
+        return own(device)
+    counts = {name: getattr(model, name).fg_bg_sampler.counts for name in ("rpn", "roi_heads")}
+    return {key: counts[name][which].float() for key, (name, which) in LOSS_NORMALISERS.items()}
+
+
+def detection_loss(model: nn.Module, batch: tuple[list[torch.Tensor], list[dict]]) -> dict[str, torch.Tensor]:
+    """The detector's own training losses (either engine's) for a batch of ``(images, targets)``.
 
     Under data-parallel training each term is rescaled from this rank's normaliser (its sampled
     anchors, proposals or positives) to the mean over all ranks', so that the averaged gradients
@@ -181,8 +196,7 @@ def detection_loss(model: MaskRCNN, batch: tuple[list[torch.Tensor], list[dict]]
     if distributed()[1] == 1:
         return losses
     inner = getattr(model, "module", model)  # under DistributedDataParallel
-    counts = {name: getattr(inner, name).fg_bg_sampler.counts for name in ("rpn", "roi_heads")}
-    local = torch.stack([counts[name][which] for name, which in LOSS_NORMALISERS.values()]).float()
-    scale = global_normaliser_scale(local)
-    return {key: value * scale[list(LOSS_NORMALISERS).index(key)] if key in LOSS_NORMALISERS else value
-            for key, value in losses.items()}
+    normalisers = loss_normalisers(inner, images[0].device)
+    keys = [key for key in losses if key in normalisers]
+    scale = global_normaliser_scale(torch.stack([normalisers[key] for key in keys]))
+    return {key: value * scale[keys.index(key)] if key in normalisers else value for key, value in losses.items()}

@@ -25,8 +25,20 @@ def datasets(root: Path, cfg: dict) -> tuple[CocoDetection, CocoDetection]:
 
 
 def build_head(backbone: BackboneAdapter, train_set: Any, cfg: dict, entry: CheckpointEntry) -> nn.Module:
+    """The detector of ``coco.engine``: torchvision's Mask R-CNN, or Detectron2's (Cascade) Mask R-CNN;
+    both take the same batches and give the same losses and detections' format."""
     head = config_from(DetectionHeadConfig, cfg["head"], "coco.head")
+    if cfg["engine"] == "detectron2":
+        from frozenrep.heads.coco_detectron2 import build_detectron2_rcnn
+
+        return build_detectron2_rcnn(backbone, train_set.num_classes, head, *entry.normalisation())
     return build_mask_rcnn(backbone, train_set.num_classes, head, *entry.normalisation())
+
+
+def head_levels(model: nn.Module):
+    """What either engine's detector reads its levels from (the adapter, or the simple feature pyramid)."""
+    engine_levels = getattr(model, "levels", None)  # the Detectron2 engine's detector says
+    return engine_levels() if engine_levels is not None else model.backbone.body
 
 
 def evaluate(model: nn.Module, val_set: CocoDetection, cfg: dict, device: torch.device):
@@ -46,7 +58,10 @@ def class_names(root: Path) -> list[str]:
 
 def detect(model: nn.Module, inputs: torch.Tensor) -> list[dict[str, torch.Tensor]]:
     """torchvision Mask R-CNN's inference on normalised, unresized, unpadded inputs (N, 3, H, W):
-    what ``model(images)`` gives when its transform leaves the size alone."""
+    what ``model(images)`` gives when its transform leaves the size alone. The Detectron2 engine's
+    detector does the same in its own ``detect``."""
+    if hasattr(model, "detect"):
+        return model.detect(inputs)
     from torchvision.models.detection.image_list import ImageList
 
     sizes = [tuple(inputs.shape[-2:])] * inputs.shape[0]
@@ -97,5 +112,5 @@ def detection_pictures(dataset: Any, results: list[dict[str, Any]], out_dir: Pat
 
 TASK = Task(TASKS["coco"], datasets, build_head, detection_loss, collate, evaluate, pictures,
             class_names=class_names, num_classes=lambda names: len(names) + 1,  # + background
-            levels=lambda model: model.backbone.body, check_frames=lambda model, frames: None,
+            levels=head_levels, check_frames=lambda model, frames: None,
             shared_predict=detect, summarise=summarise)
