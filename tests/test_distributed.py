@@ -26,18 +26,20 @@ pytestmark = pytest.mark.slow
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
-def job(root, entry, task, batch_size, name):
+def job(root, entry, task, batch_size, name, engine=None):
     spec = job_spec(root, entry, task, "ddp", steps=6, batch_size=batch_size, checkpoint_every=3, log_every=1)
+    if engine is not None:  # COCO's detection engine
+        spec["task_config"]["engine"] = engine
     out = root / name / "head.safetensors"
     manifest = root / f"{task}.manifest.json"
     return ["workflow_scripts/train.py", "--spec", json.dumps(spec), "--checkpoint", str(root / "tiny.safetensors"),
             "--manifest", str(manifest), "--out", str(out), "--curve", str(out.parent / "curve.csv")], out
 
 
-def single_process_head(root, entry, task):
+def single_process_head(root, entry, task, engine=None):
     """The one-process job with the whole batch (4), trained once in this process (the script's call):
     the reference of the two-process training and the head the evaluations score."""
-    cmd, out = job(root, entry, task, 4, f"{task}-single")
+    cmd, out = job(root, entry, task, 4, f"{task}-{engine or ''}single", engine)
     if not out.exists():
         spec = json.loads(cmd[cmd.index("--spec") + 1])
         in_this_process(run_training, spec, root / "tiny.safetensors", root / f"{task}.manifest.json", out,
@@ -61,12 +63,14 @@ def vit_root(tmp_path_factory, registry):
     return root, registry["tiny-vit-none"]
 
 
-# each task's head once; ADE20K's on the plain ViT, whose simple feature pyramid trains with the head
-@pytest.mark.parametrize("backbone, task", [("swin", "coco"), ("vit", "ade20k"), ("swin", "k400")])
-def test_two_processes_train_what_one_process_with_the_whole_batch_trains(request, backbone, task):
+# each task's head once (COCO's on both detection engines); ADE20K's on the plain ViT, whose simple
+# feature pyramid trains with the head
+@pytest.mark.parametrize("backbone, task, engine", [("swin", "coco", None), ("swin", "coco", "detectron2"),
+                                                    ("vit", "ade20k", None), ("swin", "k400", None)])
+def test_two_processes_train_what_one_process_with_the_whole_batch_trains(request, backbone, task, engine):
     root, entry = request.getfixturevalue("job_root" if backbone == "swin" else "vit_root")
-    _, single = single_process_head(root, entry, task)
-    ddp_cmd, ddp = job(root, entry, task, 4, f"{task}-ddp")  # the same batch of 4 per step: 2 per process
+    _, single = single_process_head(root, entry, task, engine)
+    ddp_cmd, ddp = job(root, entry, task, 4, f"{task}-{engine or ''}ddp", engine)  # the same batch of 4 per step: 2 per process
     log = run([*TORCHRUN, *ddp_cmd]).stderr
     assert "Traceback" not in log
 
@@ -93,8 +97,9 @@ def test_two_processes_train_what_one_process_with_the_whole_batch_trains(reques
     assert all(torch.allclose(a[k], b[k], atol=atol) for k in a)
 
     client = MlflowClient(f"sqlite:///{root / 'mlruns.db'}")
+    engine_filter = f" and params.engine = '{engine or 'torchvision'}'" if task == "coco" else ""
     runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id],
-                              f"tags.task = '{task}'")
+                              f"tags.task = '{task}'{engine_filter}")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)  # one per job, not per rank
     assert sorted(len(client.get_metric_history(r.info.run_id, "train/loss")) for r in runs) == [6, 6]
 
