@@ -119,6 +119,8 @@ def test_table2_has_a_row_per_task_rung_and_mode_with_parameter_counts(tmp_path)
         ["coco", "heavy", "finetune"]]
     heavy_ft = table[(table["rung"] == "heavy") & (table["mode"] == "finetune")].iloc[0]
     assert heavy_ft["head_params"] == 400 and heavy_ft["trainable_params"] == 1400 and heavy_ft["seeds"] == 2
+    heavy = table[(table["rung"] == "heavy") & (table["mode"] == "frozen")].iloc[0]
+    assert heavy["trainable_pct"] == pytest.approx(100 * 400 / 1400) and heavy_ft["trainable_pct"] == 100.0
     assert heavy_ft["coco_box_ap"] == pytest.approx(25.5) and heavy_ft["coco_box_ap_std"] == pytest.approx(0.7071, 1e-3)
     assert pd.isna(heavy_ft["k400_top1"])  # another task's column stays empty
     assert nested_cells(table)["k400"]["depth2"]["frozen"]["k400_top1"] == pytest.approx(15.5)
@@ -128,7 +130,7 @@ def test_table2_has_a_row_per_task_rung_and_mode_with_parameter_counts(tmp_path)
     assert "### COCO" in text and "### K400" in text
     light = next(line for line in text.splitlines() if line.startswith("| light"))
     assert [c.strip() for c in light.strip("|").split("|")] == [
-        "light", "100", "2", "10.50 ± 0.71", "20.50 ± 0.71", "+10.00"]
+        "light", "100", "2", "9.1 %", "10.50 ± 0.71", "20.50 ± 0.71", "+10.00"]
 
 
 def test_table2_names_a_metric_file_without_parameter_counts(tmp_path):

@@ -40,6 +40,8 @@ def test_paper_profile_dry_run_lists_the_whole_dag_offline(tmp_path):
         assert f"results/metrics/coco/{name}/finetune/seed0.json" in result.stdout, name
         assert f"runs/k400/{name}/frozen/seed0/head.safetensors" in result.stdout, name
     assert "--kind table4" in result.stdout and "backbone families" in result.stdout
+    coco_jobs = [line for line in result.stdout.splitlines() if "workflow_scripts/train.py" in line and '"task": "coco"' in line]
+    assert len(coco_jobs) == 12 + 10 and all('"engine": "detectron2"' in line for line in coco_jobs)  # on Detectron2
     assert '"table": "table4"' in result.stdout  # table-4-only backbones' runs go under table 4's parent run
     # every training and evaluation job runs one process per GPU of its node's 8
     assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/train.py") == 66
@@ -58,22 +60,27 @@ def test_paper_profile_dry_run_of_tables_2_and_3(tmp_path):
     result = snakemake(ws, "-n", "-p", "results/table2.csv", "results/table3.csv",
                        "--configfile", "params/paper.yaml", "two-nodes.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
-    # table 2: SwinV2-L x (frozen, finetune) x rungs (COCO 3, ADE20K 3, K400 4), one per task being the
+    # table 2: SwinV2-L x (frozen, finetune) x rungs (COCO 6, ADE20K 3, K400 4), one per task being the
     # profile's head (table 1's jobs: train_head); table 3: 3 backbones x 3 tasks, frozen, SwinV2-L's shared
     assert job_counts(result.stdout) == {"prepare_dataset": 3, "fetch_checkpoint": 3, "train_head": 6 + 6,
-                                         "train_head_rung": 14, "evaluate_head": 12, "evaluate_head_rung": 14,
+                                         "train_head_rung": 20, "evaluate_head": 12, "evaluate_head_rung": 20,
                                          "table2": 1, "table3": 1}
     assert "runs/heads/coco/4conv1fc-fpn3/swinv2-l-in22k/frozen/seed0/head.safetensors" in result.stdout
     assert "results/metrics/ade20k/swinv2-l-in22k/finetune/seed0.json" in result.stdout  # the pd1-td4 rung
     assert "runs/heads/ade20k/pd1-td4" not in result.stdout
     assert "results/metrics/k400/swin-b-in22k/frozen/seed0.json" in result.stdout
-    # COCO: 2 + 4 (table 2: the profile's head and two rungs, frozen and fine-tuned) + 2 (table 3)
+    # COCO: 2 + 10 (table 2: the profile's head and five rungs, frozen and fine-tuned) + 2 (table 3)
     # training jobs, srun starting one torchrun per node; the others on one node
     two_nodes = ("srun --nodes=2 --ntasks-per-node=1 --cpus-per-task=8 --gpus-per-node=8 --kill-on-bad-exit=1 "
                  "torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d")
-    assert result.stdout.count(f"{two_nodes} ") == 8 + 8  # training and evaluation
+    assert result.stdout.count(f"{two_nodes} ") == 14 + 14  # training and evaluation
     assert re.search(rf"{two_nodes} [^\n]*workflow_scripts/train.py[^\n]*runs/heads/coco/4conv1fc-fpn3/", result.stdout)
-    assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/train.py") == 26 - 8
+    assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/train.py") == 32 - 14
+    # every COCO job on Detectron2; the three Cascade Mask R-CNN rungs, frozen and fine-tuned
+    coco_jobs = [line for line in result.stdout.splitlines() if "workflow_scripts/train.py" in line and '"task": "coco"' in line]
+    assert len(coco_jobs) == 14 and all('"engine": "detectron2"' in line for line in coco_jobs)
+    assert sum('"roi_heads": "cascade"' in line for line in coco_jobs) == 6
+    assert "runs/heads/coco/cascade-4conv1fc-fpn3/swinv2-l-in22k/finetune/seed0/head.safetensors" in result.stdout
     assert "swinv2-g-lin22" in result.stdout  # the published reference row goes to make_table.py
     assert not (ws / "data").exists() and not (ws / "checkpoints").exists()
 
@@ -342,6 +349,8 @@ def test_tables_2_and_3_run_on_the_ci_profile(tables_run):
     frozen, finetune = table2[table2["mode"] == "frozen"], table2[table2["mode"] == "finetune"]
     assert (frozen["trainable_params"] == frozen["head_params"]).all()
     assert (finetune["trainable_params"].values == finetune["head_params"].values + backbone).all()
+    assert (finetune["trainable_pct"] == 100).all()
+    assert (frozen["trainable_pct"].values == 100 * frozen["head_params"].values / (frozen["head_params"].values + backbone)).all()
     size = table2.drop_duplicates(["task", "rung"]).set_index("rung")["head_params"]
     assert size["heavy"] > size["profile"] and size["pd2-td2"] != size["pd1-td4"] and size["depth0"] < size["depth1"]
     assert table2.loc[table2["task"] == "coco", "coco_box_ap"].between(0, 100).all()

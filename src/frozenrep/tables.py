@@ -26,7 +26,8 @@ KEY_COLUMNS = ["backbone", "pretraining", "mode"]
 TABLE2_KEYS = ["task", "rung", "mode"]
 COUNT_COLUMNS = ["head_params", "trainable_params", "backbone_params"]
 STRING_COLUMNS = set(KEY_COLUMNS + TABLE2_KEYS + ["source"])
-NON_VALUE_COLUMNS = STRING_COLUMNS | set(COUNT_COLUMNS + ["seeds"])
+SHARE_COLUMN = "trainable_pct"  # table 2: the percentage of the model's parameters that train
+NON_VALUE_COLUMNS = STRING_COLUMNS | set(COUNT_COLUMNS + ["seeds", SHARE_COLUMN])
 MODE_TITLES = {"frozen": "frozen", "finetune": "fine-tune"}
 
 
@@ -100,10 +101,14 @@ def build_table(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def build_table2(paths: Iterable[str | Path], rungs: dict[str, str]) -> pd.DataFrame:
-    """Table 2 (head capacity): one row per (task, rung, mode), with the head's parameter count and
-    the trainable count in that mode (the head, plus the backbone when fine-tuned)."""
+    """Table 2 (head capacity): one row per (task, rung, mode), with the head's parameter count, the
+    trainable count in that mode (the head, plus the backbone when fine-tuned) and the trainable
+    share of the whole model in percent (what [Vasconcelos22] plot the frozen detector's AP against)."""
     long = load_metrics(paths, rungs=rungs, counts=True)
-    return aggregate(long, TABLE2_KEYS, carried=["backbone", "head_params", "trainable_params"])
+    table = aggregate(long, TABLE2_KEYS, carried=["backbone", "head_params", "trainable_params", "backbone_params"])
+    share = 100 * table["trainable_params"] / (table["head_params"] + table["backbone_params"])
+    table.insert(table.columns.get_loc("trainable_params") + 1, SHARE_COLUMN, share)
+    return table.drop(columns="backbone_params")
 
 
 def build_backbone_table(paths: Iterable[str | Path], published: list[dict] = (),
@@ -259,6 +264,8 @@ def write_table2_markdown(table: pd.DataFrame, out: str | Path, caption: str = "
             by_mode = {r["mode"]: r for r in sub[sub["rung"] == rung].to_dict("records")}
             first = next(iter(by_mode.values()))
             cells = {"Rung": rung, "Head params": _count(first["head_params"]), "Seeds": int(first["seeds"])}
+            if "frozen" in by_mode:
+                cells["Trainable frozen"] = f"{by_mode['frozen'][SHARE_COLUMN]:.1f} %"
             for column in columns:
                 for mode in modes:
                     cells[f"{column_title(column)} {MODE_TITLES.get(mode, mode)}"] = _cell(by_mode.get(mode, {}), column)
