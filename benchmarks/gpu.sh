@@ -19,8 +19,9 @@ DEVICE=${FROZENREP_BENCH_DEVICE:-cuda}
 SIZES=${FROZENREP_BENCH_SIZES:-paper}
 STEPS=${FROZENREP_BENCH_STEPS:-10}
 COCO_S=${COCO_S:-130}         # Mask R-CNN: frozen, fine-tune, frozen fused, frozen compiled + fused
-FORWARD_S=${FORWARD_S:-170}   # the backbone forward alone: eager, fused, compiled + fused, two input sizes
-CACHE_S=${CACHE_S:-90}        # feature cache: COCO and K400, disk and memory
+ENGINES_S=${ENGINES_S:-60}    # Mask R-CNN on torchvision and on Detectron2, frozen and fine-tune (Swin-T, 512 px)
+FORWARD_S=${FORWARD_S:-150}   # the backbone forward alone: eager, fused, compiled + fused, two input sizes
+CACHE_S=${CACHE_S:-70}        # feature cache: COCO and K400, disk and memory
 HEADS_S=${HEADS_S:-100}       # ADE20K and K400: frozen, fine-tune, frozen fused
 MULTITASK_S=${MULTITASK_S:-50}
 PYTHON=${PYTHON:-python3}
@@ -69,6 +70,9 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, report how it
 
 stage "COCO steps" "$COCO_S" "$PYTHON" benchmarks/heads.py --device "$DEVICE" --sizes $SIZES \
     --tasks coco --variants fused compile+fused --no-forward --steps "$STEPS" --warmup 3 --out "$RESULTS/heads-$TAG.json"
+stage "detection engines" "$ENGINES_S" "$PYTHON" benchmarks/heads.py --device "$DEVICE" \
+    --sizes $([ "$SIZES" = paper ] && echo engines || echo "$SIZES") --tasks coco --engines torchvision detectron2 \
+    --no-forward --steps "$STEPS" --warmup 3 --out "$RESULTS/detection-engines-$TAG.json"
 stage "backbone forward" "$FORWARD_S" "$PYTHON" benchmarks/heads.py --device "$DEVICE" --sizes $SIZES \
     --tasks --variants fused compile+fused --steps "$STEPS" --warmup 3 --out "$RESULTS/heads-forward-$TAG.json"
 stage "feature cache" "$CACHE_S" "$PYTHON" benchmarks/feature_cache.py --device "$DEVICE" --sizes $SIZES \

@@ -25,6 +25,7 @@ one entry per variant, against the same eager fine-tuned step.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import environment, save_report  # noqa: E402,F401 (the other benchmarks import them from here too)
+from heads_report import engine_ratios, print_summary  # noqa: E402
 from frozenrep.runtime import pick_device as _device  # noqa: E402
 from frozenrep.tasks import TASK_NAMES  # noqa: E402
 
@@ -64,7 +66,18 @@ SIZES = {
         "forward": [{"batch": 64, "image": 128}],
         "profile": "params/default.yaml",
     },
+    # The two detection engines side by side (--engines): a Swin-T (random weights) and two 512 x 512
+    # images, with the paper profile's detection head on both.
+    "engines": {
+        "backbone": "swin-b-in1k",
+        "arch": "swin_tiny_patch4_window7_224",
+        "coco": {"batch": 2, "image": 512, "classes": 81},
+        "forward": [],
+        "profile": "params/paper.yaml",
+    },
 }
+
+ENGINES = ("torchvision", "detectron2")  # coco.engine
 
 
 def _profile(size: str) -> dict:
@@ -79,12 +92,15 @@ def _backbone(size: str, mode: str):
 
     registry = load_registry(ROOT / "params" / "checkpoints.yaml")
     entry = registry[SIZES[size]["backbone"]]
+    if "arch" in SIZES[size]:  # the entry's input statistics on another timm architecture
+        entry = dataclasses.replace(entry, arch=SIZES[size]["arch"], arch_kwargs={})
     # Random weights: speed and memory do not depend on the values.
     return BackboneAdapter(features_from_model(create_model(entry)), mode=mode), entry
 
 
-def _model_and_batch(task: str, size: str, mode: str, device):
-    """The task's model as the training job builds it, and one random batch of its shape."""
+def _model_and_batch(task: str, size: str, mode: str, device, engine: str = "torchvision"):
+    """The task's model as the training job builds it (COCO's on detection ``engine``), and one random
+    batch of its shape."""
     import torch
 
     from frozenrep.config import config_from
@@ -95,11 +111,13 @@ def _model_and_batch(task: str, size: str, mode: str, device):
     gen = torch.Generator().manual_seed(0)
     b, s, k = spec["batch"], spec["image"], spec["classes"]
     if task == "coco":
-        from frozenrep.heads.coco import DetectionHeadConfig, build_mask_rcnn, detection_loss
+        from types import SimpleNamespace
 
-        head = config_from(DetectionHeadConfig, {**profile["coco"]["head"], "min_size": s, "max_size": s},
-                              "coco.head")
-        model = build_mask_rcnn(backbone, k, head, entry.input_mean, entry.input_std)
+        from frozenrep.heads.coco import detection_loss
+        from frozenrep.tasks.coco import build_head
+
+        head = {**profile["coco"]["head"], "min_size": s, "max_size": s}
+        model = build_head(backbone, SimpleNamespace(num_classes=k), {"engine": engine, "head": head}, entry)
         images, targets = [], []
         for _ in range(b):
             n = 8
@@ -185,9 +203,9 @@ def train_config(task: str, size: str, steps: int):
 
 
 def measure_step(task: str, size: str, mode: str, device_name: str, steps: int, warmup: int,
-                 variant: str = "eager") -> dict:
+                 variant: str = "eager", engine: str = "torchvision") -> dict:
     """Median training-step time, throughput and peak memory of one (task, size, mode), its frozen
-    backbone in ``variant`` (see :data:`VARIANTS`)."""
+    backbone in ``variant`` (see :data:`VARIANTS`), COCO's on detection ``engine``."""
     import torch
 
     from frozenrep.training import Optimisation, to_device
@@ -195,7 +213,7 @@ def measure_step(task: str, size: str, mode: str, device_name: str, steps: int, 
     device = _device(device_name)
     cfg = train_config(task, size, steps + warmup)
     _before_build(variant)
-    model, loss_fn, batch, items = _model_and_batch(task, size, mode, device)
+    model, loss_fn, batch, items = _model_and_batch(task, size, mode, device, engine)
     model.to(device).train()
     applied = _after_build(model, variant)
     batch = to_device(batch, device)
@@ -214,7 +232,8 @@ def measure_step(task: str, size: str, mode: str, device_name: str, steps: int, 
             times.append(time.perf_counter() - t0)
     times.sort()
     median = times[len(times) // 2]
-    return {"task": task, "size": size, "mode": mode, **applied, "batch": items, "steps": steps,
+    return {"task": task, "size": size, "mode": mode, **applied, "engine": engine if task == "coco" else None,
+            "batch": items, "steps": steps,
             "step_s_median": median, "step_s_min": times[0], "items_per_s": items / median,
             "peak_mem_mb": _peak_mb(device), "trainable_params": trainable, "total_params": total,
             "amp_dtype": str(opt.amp_dtype).replace("torch.", "") if opt.amp_dtype else "float32"}
@@ -300,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the frozen steps and the forward with the backbone in these variants: "
                              "compile (torch.compile), fused (timm's fused window attention), compile+fused")
     parser.add_argument("--compile", action="store_true", help="the same as --variants compile")
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=["torchvision"],
+                        help="COCO's detection engines (coco.engine); with both, their steps side by side")
     parser.add_argument("--no-forward", action="store_true", help="leave out the backbone-forward section")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -318,15 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     variants = ["eager"] + list(dict.fromkeys(args.variants + (["compile"] if args.compile else [])))
     settings = {k: v for k, v in vars(args).items() if k not in ("child", "out")}
     report = {"environment": environment(args.device), "settings": settings, "sizes": {k: SIZES[k] for k in args.sizes},
-              "steps": [], "forward": [], "ratios": []}
+              "steps": [], "forward": [], "ratios": [], "engines": []}
     env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
     os.environ.update(env)
     for size in args.sizes:
-        for task in args.tasks:
+        for task, engine in [(t, e) for t in args.tasks for e in (args.engines if t == "coco" else ["torchvision"])]:
             runs = {}  # the fine-tuned step is eager: variants are of the frozen backbone
             for mode, variant in [("frozen", "eager"), ("finetune", "eager")] + [("frozen", v) for v in variants[1:]]:
                 r = _in_child("step", task=task, size=size, mode=mode, device_name=args.device,
-                              steps=args.steps, warmup=args.warmup, variant=variant)
+                              steps=args.steps, warmup=args.warmup, variant=variant, engine=engine)
                 report["steps"].append(r)
                 runs[mode if mode == "finetune" else variant] = r
                 print(json.dumps(r), flush=True)
@@ -334,12 +355,14 @@ def main(argv: list[str] | None = None) -> int:
             t = runs["finetune"]
             if "error" not in t and "error" not in runs["eager"]:
                 f = runs["eager"]
-                ratio = {"task": task, "size": size, "step_time_ratio": f["step_s_median"] / t["step_s_median"],
+                ratio = {"task": task, "size": size, "engine": engine if task == "coco" else None,
+                         "step_time_ratio": f["step_s_median"] / t["step_s_median"],
                          "peak_mem_ratio": f["peak_mem_mb"] / t["peak_mem_mb"],
                          "variants": {v: {"step_time_ratio": r["step_s_median"] / t["step_s_median"],
                                           "peak_mem_ratio": r["peak_mem_mb"] / t["peak_mem_mb"]}
                                       for v, r in runs.items() if v != "finetune" and "error" not in r}}
                 report["ratios"].append(ratio)
+        report["engines"] += engine_ratios(report["steps"], size)
         for spec in [] if args.no_forward else SIZES[size]["forward"]:
             for variant in variants:
                 r = _in_child("forward", size=size, device_name=args.device, steps=args.steps, warmup=args.warmup,
@@ -348,29 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(r), flush=True)
                 save_report(args.out, report, quiet=True)
 
-    print(f"\n{report['environment']['device']}, torch {report['environment']['torch']}")
-    print(f"{'size':8} {'task':7} {'mode':20} {'step ms':>9} {'items/s':>9} {'peak MB':>9} {'trainable':>11}")
-    for r in report["steps"]:
-        if "error" in r:
-            print(f"{r['size']:8} {r['task']:7} {r['mode'] + ' ' + r.get('variant', ''):20} error: {r['error']}")
-            continue
-        mode = r["mode"] + ("" if r["variant"] == "eager" else f" ({r['variant']})")
-        print(f"{r['size']:8} {r['task']:7} {mode:20} {r['step_s_median'] * 1e3:9.1f} {r['items_per_s']:9.2f} "
-              f"{r['peak_mem_mb']:9.0f} {r['trainable_params']:11,d}")
-    for r in report["ratios"]:
-        others = "".join(f"; {v}: {x['step_time_ratio']:.2f} / {x['peak_mem_ratio']:.2f}"
-                         for v, x in r["variants"].items() if v != "eager")
-        print(f"frozen/fine-tune {r['size']:8} {r['task']:7} step time {r['step_time_ratio']:.2f}  "
-              f"peak memory {r['peak_mem_ratio']:.2f}{others}")
-    for r in report["forward"]:
-        if "error" in r:
-            print(f"backbone forward {r['size']} {r['batch']}x{r['image']}px: error: {r['error']}")
-            continue
-        frac = f"{100 * r['fraction_of_peak']:.1f} % of {r['peak_tflops']} TFLOP/s" if r["fraction_of_peak"] else "peak unknown"
-        variant = "" if r.get("variant", "eager") == "eager" else f" {r['variant']}"
-        print(f"backbone forward {r['size']:8} {r['batch']}x{r['image']}px{variant}: "
-              f"{r['gflops_per_image']:.2f} GFLOP/image, {r['images_per_s']:.1f} img/s, "
-              f"{r['achieved_tflops']:.3f} TFLOP/s ({frac})")
+    print_summary(report, engines=len(args.engines) > 1)
     save_report(args.out, report)
     return 0
 

@@ -33,6 +33,19 @@ def test_heads_benchmark_reports_frozen_and_finetune_side_by_side(tmp_path):
     assert "frozen/fine-tune default  k400" in done.stdout
 
 
+def test_heads_benchmark_times_both_detection_engines_side_by_side(tmp_path):
+    out = tmp_path / "engines.json"
+    done = run("heads.py", "--sizes", "default", "--tasks", "coco", "--engines", "torchvision", "detectron2",
+               "--no-forward", "--steps", "1", "--warmup", "0", "--threads", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [(r["engine"], r["mode"]) for r in report["steps"]] == [
+        ("torchvision", "frozen"), ("torchvision", "finetune"), ("detectron2", "frozen"), ("detectron2", "finetune")]
+    assert [r["mode"] for r in report["engines"]] == ["frozen", "finetune"]
+    assert all(r["step_time_ratio"] > 0 for r in report["engines"])
+    assert "torchvision/detectron2 default  frozen" in done.stdout
+
+
 def test_feature_cache_benchmark_hits_every_sample_on_the_warm_pass(tmp_path):
     out = tmp_path / "cache.json"
     done = run("feature_cache.py", "--sizes", "default", "--tasks", "k400", "--where", "disk", "--samples", "8",
@@ -154,12 +167,12 @@ def test_gpu_run_refuses_a_machine_without_cuda(tmp_path):
 
 
 def test_gpu_run_stages_that_run_out_of_time_are_reported_and_the_next_ones_still_run(tmp_path):
-    limits = {"COCO_S": "1", "FORWARD_S": "1", "CACHE_S": "1", "HEADS_S": "1", "MULTITASK_S": "1"}
+    limits = {"COCO_S": "1", "ENGINES_S": "1", "FORWARD_S": "1", "CACHE_S": "1", "HEADS_S": "1", "MULTITASK_S": "1"}
     done = gpu_sh(tmp_path, FROZENREP_BENCH_DEVICE="cpu", FROZENREP_BENCH_SIZES="default", **limits)
     assert done.returncode != 0 and "no stage wrote a result" in done.stdout + done.stderr
     ended = [line for line in done.stdout.splitlines() if " ended with status " in line]
     assert [line.split(" ended")[0] for line in ended] == [
-        "gpu.sh: COCO steps", "gpu.sh: backbone forward", "gpu.sh: feature cache", "gpu.sh: ADE20K and K400 steps",
-        "gpu.sh: shared multi-task pass"]
+        "gpu.sh: COCO steps", "gpu.sh: detection engines", "gpu.sh: backbone forward", "gpu.sh: feature cache",
+        "gpu.sh: ADE20K and K400 steps", "gpu.sh: shared multi-task pass"]
     assert all("status 124" in line for line in ended)  # timeout's status: cut at the limit
-    assert (tmp_path / "gpu-cpu-smoke.log").read_text().count(" ended with status 124") == 5
+    assert (tmp_path / "gpu-cpu-smoke.log").read_text().count(" ended with status 124") == 6

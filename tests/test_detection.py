@@ -10,8 +10,13 @@ from frozenrep.evaluation.coco import coco_ap, evaluate_detection, predictions_t
 from frozenrep.heads.coco import DetectionHeadConfig, build_mask_rcnn
 
 
-def test_training_forward_with_and_without_objects(tiny_detector):
-    model = tiny_detector("frozen").train()
+ENGINE_LOSSES = {"torchvision": {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"},
+                 "detectron2": {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"}}
+
+
+@pytest.mark.parametrize("engine", ["torchvision", "detectron2"])
+def test_training_forward_with_and_without_objects(tiny_detector, engine):
+    model = tiny_detector("frozen", engine=engine).train()
     images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
     targets = [
         {"boxes": torch.tensor([[4.0, 4.0, 30.0, 28.0]]), "labels": torch.tensor([2]),
@@ -20,7 +25,7 @@ def test_training_forward_with_and_without_objects(tiny_detector):
          "masks": torch.zeros(0, 64, 64, dtype=torch.uint8)},  # an image with no objects
     ]
     losses = model(images, targets)
-    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    assert set(losses) == ENGINE_LOSSES[engine]
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
 
@@ -46,8 +51,9 @@ def test_sampler_counts_stay_on_the_device_until_asked():
         assert int(pos) == sum(int(p.sum()) for p in positives)
 
 
-def test_inference_returns_masks_at_image_size(tiny_detector):
-    model = tiny_detector("frozen").eval()
+@pytest.mark.parametrize("engine", ["torchvision", "detectron2"])
+def test_inference_returns_masks_at_image_size(tiny_detector, engine):
+    model = tiny_detector("frozen", engine=engine).eval()
     with torch.no_grad():
         out = model([torch.rand(3, 64, 64), torch.rand(3, 64, 48)])
     assert out[1]["masks"].shape[1:] == (1, 64, 48)

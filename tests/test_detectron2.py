@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_HEAD
 from workspace import evaluate_here, ground_truth_outputs, in_this_process, job_spec
 
 from frozenrep.data.coco import CocoDetection, collate
@@ -134,3 +135,25 @@ def test_a_ci_profile_job_trains_and_evaluates_on_detectron2(job_root, tmp_path)
     # the engine is part of what a head's fingerprint covers: a torchvision head is never resumed as this one
     fingerprints = {JobSpec.from_json(json.dumps(s)).fingerprint("0" * 64) for s in (spec, torchvision_spec)}
     assert len(fingerprints) == 2
+
+
+def test_a_plain_vit_trains_through_the_simple_feature_pyramid_on_detectron2(registry, tiny_coco):
+    """A plain ViT's one level reaches Detectron2's FPN through the project's one simple feature
+    pyramid, which trains with the head while the ViT stays frozen."""
+    from frozenrep.backbones import SimpleFeaturePyramid, build_backbone
+    from frozenrep.config import config_from
+    from frozenrep.heads.coco import DetectionHeadConfig
+    from frozenrep.heads.coco_detectron2 import build_detectron2_rcnn
+
+    entry = registry["tiny-vit-none"]
+    torch.manual_seed(0)
+    head = config_from(DetectionHeadConfig, {**TINY_HEAD, "fpn_channels": 32}, "coco.head")
+    model = build_detectron2_rcnn(build_backbone(entry, None, mode="frozen"), 4, head, entry.input_mean,
+                                  entry.input_std).train()
+    assert isinstance(model.levels(), SimpleFeaturePyramid)
+    images, targets = collate([CocoDetection(tiny_coco, "train", train=True)[i] for i in range(2)])
+    sum(detection_loss(model, (images, targets)).values()).backward()
+    vit = {id(p) for p in model.levels().adapter.parameters()}
+    pyramid = [p for p in model.levels().parameters() if id(p) not in vit]
+    assert pyramid and all(p.requires_grad and p.grad is not None for p in pyramid)
+    assert all(p.grad is None for p in model.levels().adapter.parameters())  # the ViT is frozen
