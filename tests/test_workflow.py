@@ -350,7 +350,8 @@ def test_tables_2_and_3_run_on_the_ci_profile(tables_run):
     assert (frozen["trainable_params"] == frozen["head_params"]).all()
     assert (finetune["trainable_params"].values == finetune["head_params"].values + backbone).all()
     assert (finetune["trainable_pct"] == 100).all()
-    assert (frozen["trainable_pct"].values == 100 * frozen["head_params"].values / (frozen["head_params"].values + backbone)).all()
+    share = 100 * frozen["head_params"].values / (frozen["head_params"].values + backbone)
+    assert frozen["trainable_pct"].values == pytest.approx(share, abs=0.005)  # the csv's two decimals
     size = table2.drop_duplicates(["task", "rung"]).set_index("rung")["head_params"]
     assert size["heavy"] > size["profile"] and size["pd2-td2"] != size["pd1-td4"] and size["depth0"] < size["depth1"]
     assert table2.loc[table2["task"] == "coco", "coco_box_ap"].between(0, 100).all()
