@@ -217,22 +217,20 @@ TINY_HEAD = dict(fpn_channels=16, anchor_sizes=((8,), (16,), (32,), (64,), (128,
 def tiny_detector(tiny_entry):
     """Factory: a Mask R-CNN on the tiny Swin (random weights) in the given mode, on the given
     detection engine (``coco.engine``), with ``head`` replacing keys of the tiny head."""
+    from types import SimpleNamespace
+
     import torch
 
     from frozenrep.backbones import build_backbone
-    from frozenrep.heads.coco import DetectionHeadConfig, build_mask_rcnn
+    from frozenrep.tasks.coco import build_head
 
     def make(mode: str = "frozen", num_classes: int = 4, seed: int = 0, engine: str = "torchvision", **head):
         torch.manual_seed(seed)
         backbone = build_backbone(tiny_entry, None, mode=mode)
         if engine == "detectron2":
             head = {"fpn_channels": 32, **head}  # Detectron2's GroupNorm has 32 groups
-        config = config_from(DetectionHeadConfig, {**TINY_HEAD, **head}, "coco.head")
-        if engine == "detectron2":
-            from frozenrep.heads.coco_detectron2 import build_detectron2_rcnn
-
-            return build_detectron2_rcnn(backbone, num_classes, config, tiny_entry.input_mean, tiny_entry.input_std)
-        return build_mask_rcnn(backbone, num_classes, config, tiny_entry.input_mean, tiny_entry.input_std)
+        cfg = {"engine": engine, "head": {**TINY_HEAD, **head}}  # what the job's build_head is given
+        return build_head(backbone, SimpleNamespace(num_classes=num_classes), cfg, tiny_entry)
 
     return make
 

@@ -137,7 +137,8 @@ class Detectron2Detector(nn.Module):
             raise ValueError(f"coco.head.anchor_sizes has {len(head.anchor_sizes)} levels, but the FPN on this "
                              f"backbone has {len(shapes)} ({', '.join(shapes)}); give one tuple per level.")
         cfg.MODEL.RPN.IN_FEATURES = list(shapes)
-        cfg.MODEL.ROI_HEADS.IN_FEATURES = [name for name in shapes if name != "p6"]  # the max-pool level: RPN only
+        # the backbone's levels; the max-pool level after them feeds the RPN only
+        cfg.MODEL.ROI_HEADS.IN_FEATURES = list(shapes)[:len(levels.channels)]
         self.model = GeneralizedRCNN(backbone=fpn, proposal_generator=build_proposal_generator(cfg, shapes),
                                      roi_heads=build_roi_heads(cfg, shapes), pixel_mean=list(image_mean),
                                      pixel_std=list(image_std), input_format="RGB")
