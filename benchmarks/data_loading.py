@@ -134,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from frozenrep.runtime import set_threads
+    from frozenrep.runtime import set_up_cpu
     from frozenrep.tasks import get_task
 
-    set_threads(1)  # one thread per worker, as the loader workers of a training job get
+    set_up_cpu(1)  # one thread per worker, as the loader workers of a training job get
     rates = step_rates(args.step_rates)
     results = []
     with tempfile.TemporaryDirectory() as tmp:

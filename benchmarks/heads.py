@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import environment, save_report  # noqa: E402,F401 (the other benchmarks import them from here too)
 from heads_report import engine_ratios, print_summary  # noqa: E402
-from frozenrep.runtime import pick_device as _device  # noqa: E402
+from frozenrep.runtime import pick_device as _device, set_up_cpu  # noqa: E402
 from frozenrep.tasks import TASK_NAMES  # noqa: E402
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s (without sparsity).
@@ -325,10 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_up_cpu(args.threads)  # the CPU arithmetic of the project's jobs
     if args.child:
         job = json.loads(args.child)
         kind = job.pop("kind")

@@ -118,10 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
+    from frozenrep.runtime import set_up_cpu
 
-        torch.set_num_threads(args.threads)
+    set_up_cpu(args.threads)  # the CPU arithmetic of the project's jobs
     results = [measure(size, args.device, args.repeats, args.warmup) for size in args.sizes]
     save_report(args.out, {"benchmark": "multitask", "environment": environment(args.device),
                            "settings": vars(args) | {"out": str(args.out) if args.out else None},

@@ -113,3 +113,18 @@ def test_step_losses_are_read_back_in_one_copy(monkeypatch):
     assert "aten::_local_scalar_dense" not in ops.names and reads == [(3,)]
     assert losses == {k: float(v.float()) for k, v in values.items()}
     assert all(type(v) is float for v in losses.values())
+
+
+def test_a_job_process_flushes_denormals_on_each_of_its_threads():
+    """Denormal floats (what small frozen weights and activations decay to) cost each CPU operation
+    a slow path: a job's process flushes them to zero, on the intra-op threads it starts as well."""
+    import subprocess
+    import sys
+
+    probe = ("import torch\n"
+             "from frozenrep.runtime import job_process\n"
+             "with job_process(2):\n"
+             "    x = torch.full((1 << 22,), 1e-39) * 1.0\n"  # long enough to be split over both threads
+             "    print(torch.get_num_threads(), int((x != 0).sum()), float(torch.full((1,), 1e-30)[0] * 1e-9))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["2", "0", "0.0"]

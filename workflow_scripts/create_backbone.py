@@ -6,7 +6,7 @@ import json
 
 from frozenrep.local_backbones import create_local_backbone
 from frozenrep.progress import setup_logging
-from frozenrep.runtime import set_threads
+from frozenrep.runtime import set_up_cpu
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--entry", required=True, help="the registry entry as JSON")
@@ -16,5 +16,5 @@ parser.add_argument("--study", default="pretraining", help="MLflow experiment of
 parser.add_argument("--threads", type=int, default=None, help="intra-op threads (Snakemake's threads)")
 args = parser.parse_args()
 setup_logging()
-set_threads(args.threads)
+set_up_cpu(args.threads)
 create_local_backbone(json.loads(args.entry), args.out, json.loads(args.tracking), args.study)

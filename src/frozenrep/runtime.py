@@ -27,8 +27,15 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def set_threads(threads: int | None) -> None:
-    """Use the job's thread budget (Snakemake's ``threads``) for intra-op parallelism."""
+def set_up_cpu(threads: int | None) -> None:
+    """A job process's CPU arithmetic, set before its first operation: the job's thread budget
+    (Snakemake's ``threads``) for intra-op parallelism, and denormal floats flushed to zero.
+
+    Denormals are what small weights and activations decay to (randomly initialised and frozen
+    backbones, mask heads early in training); on x86 every operation on one takes a slow microcode
+    path, and a step pays up to half its time for values that round to zero anyway. Flushing is
+    per thread: set here first, the intra-op threads created later inherit it."""
+    torch.set_flush_denormal(True)  # False (and a no-op) where the CPU has no such mode
     if threads:
         torch.set_num_threads(threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -122,7 +129,7 @@ def job_process(threads: int | None) -> Iterator[None]:
     """A training or evaluation job's process: its thread budget, the process group left on exit,
     and after a :class:`Stopped` (its state saved), the end of the process by the signal that
     stopped it, as the sender expects."""
-    set_threads(threads)
+    set_up_cpu(threads)
     try:
         yield
     except Stopped as stop:
