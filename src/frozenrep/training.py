@@ -200,13 +200,16 @@ class Optimisation:
     def step(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], dict], batch: Any,
              where: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward, backward, clip, update, schedule; returns the loss and its parts."""
+        advice = "lower the learning rate or enable gradient clipping."
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            loss_dict = loss_fn(model, batch)
+            try:
+                loss_dict = loss_fn(model, batch)
+            except FloatingPointError as err:  # a library's own divergence check (Detectron2's RPN)
+                raise TrainingError(f"non-finite values at {where}: {err}; {advice}") from err
             loss = sum(loss_dict.values())
         if not torch.isfinite(loss):
             raise TrainingError(f"non-finite loss {loss.item()} at {where} "
-                                f"({ {k: float(v) for k, v in loss_dict.items()} }); lower the learning rate "
-                                "or enable gradient clipping.")
+                                f"({ {k: float(v) for k, v in loss_dict.items()} }); {advice}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip > 0:
