@@ -11,7 +11,8 @@ from workspace import REPO
 from frozenrep.backbones import build_backbone
 from frozenrep.checkpoints import create_model, load_registry, read_state_dict
 from frozenrep.local_backbones import create_local_backbone
-from frozenrep.pretraining import PretrainingError, Recipe, SimMIM, build_pretrainer, supervised_loss
+from frozenrep.pretraining import (PretrainingError, Recipe, SimMIM, build_pretrainer, classification_accuracy,
+                                   supervised_loss)
 from frozenrep.synthetic.images import ImageSetConfig, LabelledImages, class_catalogue, collate
 
 REGISTRY = load_registry(REPO / "params" / "checkpoints.yaml")
@@ -38,6 +39,43 @@ def test_small_set_classes_are_among_the_large_sets():
     assert len({shape for shape, _ in small}) == 6 and len({texture for _, texture in small}) == 8
     with pytest.raises(PretrainingError, match="between 2 and 48"):
         class_catalogue(49)
+
+
+def test_the_more_data_pretraining_holds_the_smaller_sets_classes_with_several_times_their_images():
+    """"More data" as ImageNet-22K is to ImageNet-1K: the smaller set's concepts among its own, many
+    more images of each, and its backbone scored on the smaller set's held-out classification."""
+    small, large = Recipe.of(REGISTRY["tiny-swin-supervised"]), Recipe.of(REGISTRY["tiny-swin-supervised-large"])
+    assert REGISTRY["tiny-swin-supervised-large"].arch_kwargs == REGISTRY["tiny-swin-supervised"].arch_kwargs
+    a = LabelledImages(small.images, (0.5,) * 3, (0.25,) * 3)
+    b = LabelledImages(large.images, (0.5,) * 3, (0.25,) * 3)
+    assert set(a.classes) < set(b.classes) and b.classes[:len(a.classes)] == a.classes  # same labels for them
+
+    def per_class(data):
+        return np.bincount([data.label(k) for k in range(len(data))])
+
+    assert per_class(b).min() >= 4 * per_class(a).min()  # "several times the images", of every class
+    assert large.heldout_classes == small.images.num_classes and large.images.seed == small.images.seed
+
+
+def test_held_out_top1_over_the_first_classes_chooses_among_those_alone():
+    """A classifier that always ranks class 5 (outside the first four) first and the true class
+    second is right only on class 5's images over its own six classes, always over the first four."""
+    entry = shrunk("tiny-swin-supervised")
+    recipe = Recipe.of(entry)
+    data = LabelledImages(dataclasses.replace(recipe.images, num_classes=6), (0.5,) * 3, (0.25,) * 3)
+    model = build_pretrainer(entry, dataclasses.replace(recipe, images=data.cfg))
+    truth = []
+
+    def scores(module, args, output):  # the true label: each held-out image is drawn from k's seed, label k % n
+        labels = torch.tensor(truth[:output.shape[0]])
+        del truth[:output.shape[0]]
+        return torch.nn.functional.one_hot(labels, 6).float() + 2.0 * (torch.arange(6) == 5).float()
+
+    model.register_forward_hook(scores)
+    truth[:] = [k % 6 for k in range(18)]
+    assert classification_accuracy(model, data, count=18, batch_size=8) == 100.0 * 3 / 18
+    truth[:] = [k % 4 for k in range(18)]
+    assert classification_accuracy(model, data, count=18, batch_size=8, classes=4) == 100.0
 
 
 def test_image_set_is_deterministic_balanced_and_seeded():
@@ -216,6 +254,7 @@ def test_killed_pretraining_resumes_to_the_same_weights(tmp_path, monkeypatch, n
     ({"images": {"num_images": 10, "classes": 3}}, "create.images"),
     ({"images": {"num_images": 10, "num_classes": 3, "crop_scale": [0.5, 2.0]}}, "create.images: images.crop_scale"),
     ({"images": {"num_images": 10, "num_classes": 3, "neutral_until": [300]}}, "create.images: images.neutral_until"),
+    ({"heldout_classes": 25}, "create.heldout_classes \\(25\\) needs init: supervised and a count between 2 and images.num_classes"),
 ])
 def test_bad_recipe_names_the_entry_and_key(change, message):
     entry = REGISTRY["tiny-swin-supervised"]

@@ -47,6 +47,9 @@ def pretrain(entry: CheckpointEntry, state_dir: Path, tracking: dict[str, Any] |
         summary = {"pretrain/seconds": time.monotonic() - start, **{f"pretrain/{k}": v for k, v in result["losses"].items()}}
         if recipe.init == "supervised":
             summary["pretrain/heldout_top1"] = classification_accuracy(model, dataset)
+            if recipe.heldout_classes:  # the held-out task a smaller set's backbone is scored on
+                summary[f"pretrain/heldout_top1_first{recipe.heldout_classes}"] = classification_accuracy(
+                    model, dataset, classes=recipe.heldout_classes)
         run.log_metrics(summary, result["step"])
     log.info("pretrained %s (%s, %d steps): %s", entry.name, recipe.init, result["step"],
              ", ".join(f"{k.split('/')[1]} {v:.4g}" for k, v in summary.items()))

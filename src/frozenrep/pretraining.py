@@ -132,6 +132,7 @@ class Recipe:
     train: dict[str, Any] = field(default_factory=dict)
     mask_patch_size: int = 16
     mask_ratio: float = 0.6
+    heldout_classes: int | None = None  # supervised: held-out top-1 also over the first n classes only
 
     @classmethod
     def of(cls, entry: CheckpointEntry) -> "Recipe":
@@ -140,7 +141,7 @@ class Recipe:
         init = create.get("init", "random")
         if init not in RECIPES:
             raise PretrainingError(f"{where}.init {init!r} is not one of {', '.join(RECIPES)}")
-        unknown = set(create) - {"init", "seed", "images", "train", "mask_patch_size", "mask_ratio"}
+        unknown = set(create) - {"init", "seed", "images", "train", "mask_patch_size", "mask_ratio", "heldout_classes"}
         if unknown:
             raise PretrainingError(f"{where} has unknown keys {sorted(unknown)}")
         if init != "random":
@@ -151,6 +152,10 @@ class Recipe:
                 create["images"] = ImageSetConfig(**create["images"])
             except (TypeError, PretrainingError) as err:
                 raise PretrainingError(f"{where}.images: {err}") from err
+        shared = create.get("heldout_classes")
+        if shared is not None and (init != "supervised" or not 2 <= shared <= create["images"].num_classes):
+            raise PretrainingError(f"{where}.heldout_classes ({shared}) needs init: supervised and a count between 2 "
+                                   "and images.num_classes (the first classes, those a smaller set shares)")
         return cls(**create)
 
 
@@ -177,9 +182,15 @@ def simmim_loss(model: SimMIM, batch: tuple[torch.Tensor, torch.Tensor]) -> dict
 
 @torch.no_grad()
 def classification_accuracy(model: Classifier, dataset: LabelledImages, count: int = 512,
-                            batch_size: int = 128) -> float:
-    """Top-1 on freshly drawn images of the same classes (another seed than the training set)."""
-    held_out = LabelledImages(ImageSetConfig(count, dataset.cfg.num_classes, dataset.cfg.image_size,
+                            batch_size: int = 128, classes: int | None = None) -> float:
+    """Top-1 on freshly drawn images of the same classes (another seed than the training set, so
+    the same images for every set of the same seed and image size).
+
+    ``classes``: only the first ``classes`` classes, the model choosing among those alone. A
+    smaller set's classes are the first of a larger one's (:func:`class_catalogue`), so backbones
+    pretrained on the two sets are scored on the same held-out task."""
+    classes = classes or dataset.cfg.num_classes
+    held_out = LabelledImages(ImageSetConfig(count, classes, dataset.cfg.image_size,
                                              dataset.cfg.seed + 1_000_003, dataset.cfg.draw_size),  # on scenes
                               tuple(dataset.mean.flatten().tolist()), tuple(dataset.std.flatten().tolist()))
     was_training = model.training
@@ -188,6 +199,6 @@ def classification_accuracy(model: Classifier, dataset: LabelledImages, count: i
     device = next(model.parameters()).device
     for start in range(0, count, batch_size):
         images, labels = collate([held_out[k] for k in range(start, min(start + batch_size, count))])
-        correct += int((model(images.to(device)).argmax(1).cpu() == labels).sum())
+        correct += int((model(images.to(device))[:, :classes].argmax(1).cpu() == labels).sum())
     model.train(was_training)
     return 100.0 * correct / count
