@@ -98,3 +98,21 @@ def test_job_spec_is_built_once_and_travels_as_json():
                      tracking={"uri": "sqlite:///elsewhere.db"})
     assert moved.fingerprint("abc") == spec.fingerprint("abc")
     assert job_spec(config, registry, "coco", "tiny-swin-none", "frozen", 0).fingerprint("abc") != spec.fingerprint("abc")
+
+
+def test_finetune_steps_set_the_fine_tuned_jobs_budget_and_leave_every_other_spec_as_it_was():
+    from frozenrep.checkpoints import load_registry
+    from frozenrep.config import job_spec
+    from workspace import REPO, resolved_profile
+
+    config = resolved_profile()
+    registry = load_registry(REPO / "params" / "checkpoints.yaml")
+    longer = dict(config, coco={**config["coco"], "finetune_steps": config["coco"]["train"]["steps"] + 7})
+
+    def spec(profile, mode):
+        return job_spec(profile, registry, "coco", "tiny-swin-none", mode, 0)
+
+    assert spec(longer, "finetune").task_config["train"]["steps"] == config["coco"]["train"]["steps"] + 7
+    assert spec(longer, "frozen").to_json() == spec(config, "frozen").to_json()  # frozen jobs do not rerun
+    assert spec(config, "finetune").task_config["train"]["steps"] == config["coco"]["train"]["steps"]
+    assert "finetune_steps" not in spec(longer, "finetune").task_config

@@ -18,9 +18,10 @@ def job_counts(output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
 
 
-def k400_steps(output: str) -> list[str]:
-    """The training steps in the job specs of the video jobs a dry run prints (-p)."""
-    return re.findall(r'"task": "k400", "task_config": \{.*?"train": \{[^}]*"steps": (\d+)', output)
+def train_steps(output: str, task: str) -> set[tuple[str, str]]:
+    """(mode, training steps) in the job specs of the task's jobs that a dry run prints (-p)."""
+    return set(re.findall(rf'"mode": "(\w+)",[^\n]*?"task": "{task}", "task_config": \{{[^\n]*?"train": \{{[^}}]*"steps": (\d+)',
+                          output))
 
 
 def test_lint_is_clean():
@@ -94,10 +95,14 @@ def test_default_profile_dry_run(tmp_path):
                                          "train_head": 24, "evaluate_head": 24, "table1": 1}
     three_seeds = snakemake(ws, "-n", "results/table1.csv", "--config", "seeds=3")
     assert job_counts(three_seeds.stdout)["train_head"] == 72 and job_counts(three_seeds.stdout)["evaluate_head"] == 72
-    # the study layer: 3 seeds, and the video heads train 1000 steps instead of 200
+    # the study layer: 3 seeds, the video heads train 1000 steps instead of 200, the fine-tuned COCO jobs 1200
     study = snakemake(ws, "-n", "-p", "results/table1.csv", "--configfile", "params/default.yaml", "params/study.yaml")
     assert job_counts(study.stdout)["train_head"] == 72
-    assert set(k400_steps(study.stdout)) == {"1000"} and set(k400_steps(snakemake(ws, "-n", "-p").stdout)) == {"200"}
+    default = snakemake(ws, "-n", "-p").stdout
+    assert train_steps(study.stdout, "k400") == {("frozen", "1000"), ("finetune", "1000")}
+    assert train_steps(default, "k400") == {("frozen", "200"), ("finetune", "200")}
+    assert train_steps(study.stdout, "coco") == {("frozen", "300"), ("finetune", "1200")}
+    assert train_steps(default, "coco") == {("frozen", "300"), ("finetune", "300")}
     # tables 2 and 3: supervised x (frozen, finetune) x rungs (3 + 3 + 5, one per task table 1's), and
     # 3 widths x 3 tasks frozen (the middle one shared): 3 pretrainings
     tables = snakemake(ws, "-n", "results/table2.csv", "results/table3.csv")

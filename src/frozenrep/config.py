@@ -218,6 +218,9 @@ def job_spec(config: Mapping[str, Any], registry: Mapping[str, CheckpointEntry],
     other fields (tests: another study, device or tracking store).
     """
     task_config = json.loads(json.dumps({k: v for k, v in config[task].items() if k != "resources"}))
+    finetune_steps = task_config.pop("finetune_steps", None)  # in the spec only as the steps it sets
+    if mode == "finetune" and finetune_steps is not None:
+        task_config["train"]["steps"] = finetune_steps
     if rung is not None:
         task_config["head"] = rung_head(config, task, rung)
     values = dict(study=config["study"], task=task, backbone=backbone, mode=mode, seed=int(seed),
