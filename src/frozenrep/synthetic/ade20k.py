@@ -30,7 +30,7 @@ def generate(root: str | Path, *, num_train: int, num_val: int, image_size: int,
             (tmp / directory / SPLIT_DIRS[split]).mkdir(parents=True)
         with Progress(count, f"generate ade20k {split}", unit="img") as progress:
             for k in range(count):
-                image = np.array(background(rng, image_size))
+                image = background(rng, image_size)
                 label = Image.new("L", (image_size, image_size), 0)
                 for _ in range(int(rng.integers(1, max_regions + 1))):
                     cls = int(rng.integers(num_classes))

@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from frozenrep.progress import Progress
 from frozenrep.randomness import seeded_rng
-from frozenrep.synthetic.shapes import SHAPES, TEXTURES, background, shape_polygon, texture_pattern
+from frozenrep.synthetic.shapes import SHAPES, TEXTURES, background, shape_polygon, texture_colours, texture_mask
 
 # Colour families of the objects' patterns (lightness varies too); not part of the class.
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -51,20 +51,26 @@ def neutral_backdrop(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def draw_labelled_image(rng: np.random.Generator, shape: str, texture: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     """One object of the class (its shape filled with its texture, in a random colour family) on a
-    random scene; the image and the object's pixel mask."""
-    image = np.array(background(rng, size))
+    random scene; the image and the object's pixel mask.
+
+    The texture's two colours are recoloured: each becomes the colour family's hue, or a dark shade
+    of it, by whether the colour is light (its mean above 127); computed once per colour and then
+    painted where the texture has it."""
+    image = background(rng, size)
     radius = rng.uniform(size * 0.22, size * 0.42)
     cx, cy = rng.uniform(size * 0.3, size * 0.7, 2)
     verts = shape_polygon(shape, cx, cy, radius, rng.uniform(0, 2 * math.pi))
     region = Image.new("L", (size, size), 0)
     ImageDraw.Draw(region).polygon(verts, fill=1)
     inside = np.array(region, dtype=bool)
-    pattern = texture_pattern(texture, size, rng).astype(np.float32)
-    light = (pattern.mean(axis=-1, keepdims=True) > 127).astype(np.float32)  # the two tones of the texture
+    first = texture_mask(texture, size, rng)
+    colours = texture_colours(rng).astype(np.float32)  # (2, 3): where `first`, elsewhere
+    light = (colours.mean(axis=-1, keepdims=True) > 127).astype(np.float32)
     colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
     hue = np.array(COLOURS[colour], dtype=np.float32) * rng.uniform(0.75, 1.15)
-    tone = np.clip(light * hue + (1 - light) * hue * rng.uniform(0.15, 0.4), 0, 255)
-    image[inside] = tone[inside].astype(np.uint8)
+    tones = np.clip(light * hue + (1 - light) * hue * rng.uniform(0.15, 0.4), 0, 255).astype(np.uint8)
+    image[inside & first] = tones[0]
+    image[inside & ~first] = tones[1]
     return image, inside
 
 
@@ -141,6 +147,8 @@ class LabelledImages(Dataset):
         self.classes = class_catalogue(cfg.num_classes)
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
+        # the training views' random resized crop (its draws come from the sample's seed, at call time)
+        self.crop = v2.RandomResizedCrop(cfg.image_size, scale=cfg.crop_scale, antialias=True) if cfg.crops else None
         self._pixels: np.ndarray | None = None
         self._masks: np.ndarray | None = None  # bit-packed object masks, for the backdrop curriculum
         self._tiles: np.ndarray | None = None
@@ -214,8 +222,8 @@ class LabelledImages(Dataset):
                 if self.cfg.draw_size != size:
                     image = TF.resize(image, [size, size], antialias=True)
             else:
-                if self.cfg.crops:
-                    image = v2.RandomResizedCrop(size, scale=self.cfg.crop_scale, antialias=True)(image)
+                if self.crop is not None:
+                    image = self.crop(image)
                 elif self.cfg.draw_size != size:
                     image = TF.resize(image, [size, size], antialias=True)
                 if torch.rand(()) < 0.5:

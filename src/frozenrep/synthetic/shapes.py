@@ -45,15 +45,15 @@ def shape_polygon(kind: str, cx: float, cy: float, radius: float, angle: float) 
     return [(cx + r * radius * math.cos(t + angle), cy + r * radius * math.sin(t + angle)) for r, t in pts]
 
 
-def background(rng: np.random.Generator, size: int) -> Image.Image:
-    """A smooth random colour gradient with pixel noise."""
+def background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth random colour gradient with pixel noise (``size`` x ``size`` x 3, uint8)."""
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     t = np.linspace(0, 1, size)[None, :, None]
     if rng.random() < 0.5:
         t = t.transpose(1, 0, 2)
     img = c0 * (1 - t) + c1 * t
     img = np.broadcast_to(img, (size, size, 3)) + rng.normal(0, 12, (size, size, 3))
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def draw_scene(rng: np.random.Generator, size: int, num_objects: int, num_categories: int,
@@ -61,7 +61,7 @@ def draw_scene(rng: np.random.Generator, size: int, num_objects: int, num_catego
     """An image with up to ``num_objects`` non-overlapping shapes and their polygons."""
     if not 1 <= num_categories <= len(SHAPES):
         raise ValueError(f"num_categories must be between 1 and {len(SHAPES)}, got {num_categories}")
-    image = background(rng, size)
+    image = Image.fromarray(background(rng, size))
     draw = ImageDraw.Draw(image)
     placed: list[tuple[float, float, float]] = []
     shapes: list[PlacedShape] = []
@@ -89,29 +89,39 @@ def draw_scene(rng: np.random.Generator, size: int, num_objects: int, num_catego
 TEXTURES = ("h-stripes", "v-stripes", "diagonal", "checker", "dots", "rings", "crosshatch", "grain")
 
 
-def texture_pattern(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A ``size`` square of texture ``kind`` in two random, high-contrast colours."""
+def texture_mask(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Where a ``size`` square of texture ``kind`` takes its first colour (bool, ``size`` x ``size``)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     period = 8.0  # one scale for every class: the pattern, not its size, tells classes apart
     phase = rng.uniform(0, period)
     if kind == "h-stripes":
-        pattern = ((yy + phase) % period) < period / 2
-    elif kind == "v-stripes":
-        pattern = ((xx + phase) % period) < period / 2
-    elif kind == "diagonal":
-        pattern = ((xx + yy + phase) % period) < period / 2
-    elif kind == "checker":
-        pattern = (((xx + phase) // (period / 2)) + ((yy + phase) // (period / 2))) % 2 == 0
-    elif kind == "dots":
-        pattern = (((xx + phase) % period) - period / 2) ** 2 + (((yy + phase) % period) - period / 2) ** 2 < (period / 3.5) ** 2
-    elif kind == "rings":
+        return ((yy + phase) % period) < period / 2
+    if kind == "v-stripes":
+        return ((xx + phase) % period) < period / 2
+    if kind == "diagonal":
+        return ((xx + yy + phase) % period) < period / 2
+    if kind == "checker":
+        return (((xx + phase) // (period / 2)) + ((yy + phase) // (period / 2))) % 2 == 0
+    if kind == "dots":
+        return (((xx + phase) % period) - period / 2) ** 2 + (((yy + phase) % period) - period / 2) ** 2 < (period / 3.5) ** 2
+    if kind == "rings":
         cx, cy = rng.uniform(0, size, 2)
-        pattern = (np.hypot(xx - cx, yy - cy) % period) < period / 2
-    elif kind == "crosshatch":
-        pattern = (((xx + phase) % period) < period / 4) | (((yy + phase) % period) < period / 4)
-    elif kind == "grain":
-        pattern = rng.random((size, size)) < 0.5
-    else:
-        raise ValueError(f"unknown texture {kind!r}")
-    c0 = rng.uniform(0, 255, 3)  # random colours, always in high contrast
-    return np.where(pattern[..., None], c0, 255 - c0).astype(np.uint8)
+        return (np.hypot(xx - cx, yy - cy) % period) < period / 2
+    if kind == "crosshatch":
+        return (((xx + phase) % period) < period / 4) | (((yy + phase) % period) < period / 4)
+    if kind == "grain":
+        return rng.random((size, size)) < 0.5
+    raise ValueError(f"unknown texture {kind!r}")
+
+
+def texture_colours(rng: np.random.Generator) -> np.ndarray:
+    """A texture's two colours (2 x 3, uint8): random, and always in high contrast."""
+    c0 = rng.uniform(0, 255, 3)
+    return np.stack([c0, 255 - c0]).astype(np.uint8)
+
+
+def texture_pattern(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``size`` square of texture ``kind`` in two random, high-contrast colours."""
+    mask = texture_mask(kind, size, rng)
+    first, second = texture_colours(rng)
+    return np.where(mask[..., None], first, second)
