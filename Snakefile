@@ -34,6 +34,15 @@ wildcard_constraints:
 
 onstart:
     init_tracking()
+    start_warm_server()
+
+
+onsuccess:
+    stop_warm_server()
+
+
+onerror:
+    stop_warm_server()
 
 
 include: "rules/checkpoints.smk"

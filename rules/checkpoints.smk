@@ -22,6 +22,7 @@ rule create_local_backbone:
     benchmark:
         "logs/benchmark/checkpoints/create_{name}.tsv"
     threads: 1
+    priority: backbone_priority
     resources:
         mem_mb=3000,
         runtime=60,
@@ -43,6 +44,7 @@ rule fetch_checkpoint:
     log:
         "logs/checkpoints/fetch_{name}.{ext}.log",
     threads: 1
+    priority: BEFORE_HEADS
     resources:
         mem_mb=2000,
         runtime=120,

@@ -1,5 +1,6 @@
 # Python helpers for the rules: targets, input functions, job specs. No logic beyond naming.
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -42,6 +43,53 @@ def init_tracking():
               file=sys.stderr)
 
 
+# Warm start (`warm_start`, frozenrep.warm): head and table jobs start as `python -m frozenrep.warm
+# SCRIPT ...`, which forks them from this run's server when there is one (its socket reaches them in
+# FROZENREP_WARM) and otherwise runs `python SCRIPT ...`. The command is the same either way, so
+# turning warm_start on or off reruns no job.
+WARM_SERVER = {}
+
+
+def start_warm_server():
+    """The warm-start server of this run, when the profile asks for it and jobs run on this machine."""
+    if not config.get("warm_start") or not workflow.local_exec or workflow.touch:
+        return
+    import subprocess
+    import tempfile
+
+    from frozenrep.warm import ENV
+
+    folder = Path(tempfile.mkdtemp(prefix="frozenrep-warm-"))  # private (0700), and short: a socket path is
+    socket_path = folder / "socket"                               # at most 107 bytes
+    Path("logs").mkdir(exist_ok=True)
+    with open("logs/warm-start.log", "a") as log:
+        process = subprocess.Popen([sys.executable, "-m", "frozenrep.warm", "--serve", str(socket_path),
+                                    "--tasks", *config["tasks"]], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    WARM_SERVER.update(process=process, folder=folder)
+    os.environ[ENV] = str(socket_path)
+
+
+def stop_warm_server():
+    """Stop this run's warm-start server (it ends once its last job has), and forget its socket."""
+    import shutil
+    import subprocess
+
+    from frozenrep.warm import ENV
+
+    process = WARM_SERVER.pop("process", None)
+    if process is None:
+        return
+    os.environ.pop(ENV, None)
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        print(f"warning: the warm-start server (pid {process.pid}) still runs jobs; left to end on its own",
+              file=sys.stderr)
+    shutil.rmtree(WARM_SERVER.pop("folder"), ignore_errors=True)
+
+
 def get_final_outputs():
     """What a plain `snakemake` builds: the study's table."""
     return [paths.table_path("table1")]
@@ -72,15 +120,37 @@ def registry_entry_json(wildcards):
     return json.dumps(REGISTRY[wildcards.name].__dict__, sort_keys=True)
 
 
-def creatable_entry_json(wildcards):
+def creatable_entry(wildcards):
     """The registry entry of a locally created backbone, by the file name its source names."""
     for entry in REGISTRY.values():
         if entry.create is not None and entry.source == f"file:checkpoints/local/{wildcards.name}.safetensors":
-            return json.dumps(entry.__dict__, sort_keys=True)
+            return entry
     raise ValueError(
         f"no registry entry creates checkpoints/local/{wildcards.name}.safetensors "
         f"(entries with `create:` in {config['registry']})"
     )
+
+
+def creatable_entry_json(wildcards):
+    return json.dumps(creatable_entry(wildcards).__dict__, sort_keys=True)
+
+
+# Scheduling priorities (Snakemake starts the ready jobs of highest priority first). Datasets and
+# backbones come before head jobs, which wait for them; among jobs of one kind the longest come
+# first, by their training steps, so that the shortest fill the cores at the end of the DAG instead
+# of one long job running alone.
+BEFORE_HEADS = 1_000_000  # above any head job's steps
+
+
+def backbone_priority(wildcards):
+    """A locally created backbone's priority: before every head job, the longest pretraining first."""
+    return BEFORE_HEADS + (creatable_entry(wildcards).create.get("train") or {}).get("steps", 0)
+
+
+def head_priority(wildcards):
+    """A head job's priority: its training steps."""
+    spec = make_job_spec(config, REGISTRY, wildcards.task, wildcards.backbone, wildcards.mode, wildcards.seed)
+    return spec.task_config["train"]["steps"]
 
 
 def dataset_manifest(task):
@@ -100,7 +170,7 @@ def head_inputs(wildcards):
 
 
 def job_spec(wildcards):
-    """Everything a training/evaluation job needs, as JSON (a change reruns exactly the affected jobs).
+    """Everything a head job (training, then evaluation) needs, as JSON (a change reruns exactly the affected jobs).
     A backbone that table 1 does not list has its runs under the MLflow parent run of the first
     backbone table (3, then 4) that does."""
     listing = [table for table in ("table3", "table4") if wildcards.backbone in table_backbones(table)]
@@ -118,7 +188,7 @@ def rung_job_spec(wildcards):
 
 
 def feature_cache_option(wildcards):
-    """`--feature-cache DIR` for evaluations of a frozen backbone when `feature_cache` is set."""
+    """`--feature-cache DIR` for the evaluation of a frozen backbone's head when `feature_cache` is set."""
     root = config.get("feature_cache")
     return f"--feature-cache {shlex.quote(root)}" if root and wildcards.mode == "frozen" else ""
 
@@ -159,7 +229,7 @@ RENDEZVOUS_PORT = "$((29500 + SLURM_JOB_ID % 20000))"
 
 
 def job_launcher(wildcards):
-    """What starts a training or evaluation job's script, by `exec`, so that a stop signal (SIGTERM at
+    """What starts a head job's script, by `exec`, so that a stop signal (SIGTERM at
     preemption or at the time limit) reaches the job itself and not a shell in between: `python`;
     torchrun with one process per GPU (or per `processes`) on one node; or, over `resources.nodes` > 1,
     srun starting one torchrun per node of the SLURM allocation, which meet at a c10d rendezvous on
@@ -178,7 +248,7 @@ def job_launcher(wildcards):
                 f"torchrun --nnodes={nodes} --nproc_per_node={processes} --rdzv_backend=c10d "
                 f'--rdzv_id="$SLURM_JOB_ID" --rdzv_endpoint="{first}:{RENDEZVOUS_PORT}"')
     if processes == 1:
-        return "exec python"
+        return "exec python -m frozenrep.warm"
     return f"exec torchrun --standalone --nproc_per_node={processes}"
 
 

@@ -1,5 +1,5 @@
 # Datasets: generate (embedded default), download, or verify an existing copy; the output is a
-# manifest of what was verified, which every training and evaluation job depends on.
+# manifest of what was verified, which every head job depends on.
 
 
 rule prepare_dataset:
@@ -10,6 +10,7 @@ rule prepare_dataset:
     log:
         "logs/data/{dataset}.log",
     threads: 1
+    priority: BEFORE_HEADS
     resources:
         mem_mb=4000,
         runtime=600,

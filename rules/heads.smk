@@ -1,4 +1,5 @@
-# Task heads on the frozen (or fine-tuned) backbone: train, then evaluate on the validation split.
+# Task heads on the frozen (or fine-tuned) backbone: one job trains the head, then evaluates it on
+# the validation split in the same process (one start-up, one model, one MLflow run).
 
 
 rule train_head:
@@ -14,36 +15,6 @@ rule train_head:
             subcategory="{task}",
             labels={"backbone": "{backbone}", "mode": "{mode}", "seed": "{seed}"},
         ),
-    params:
-        spec=job_spec,
-        launcher=job_launcher,
-    log:
-        paths.pattern(paths.TRAIN_LOG),
-    benchmark:
-        paths.pattern(paths.TRAIN_BENCHMARK)
-    threads: task_threads
-    resources:
-        mem_mb=task_resource("mem_mb"),
-        runtime=task_resource("runtime"),
-        nodes=task_resource("nodes"),
-        gpu=multi_node_resource("gpu"),
-        gres=multi_node_resource("gres"),
-        mpi=multi_node_resource("mpi"),
-        tasks=multi_node_resource("tasks"),
-        tasks_per_gpu=multi_node_resource("tasks_per_gpu"),
-    conda:
-        "../envs/frozenrep.yaml"
-    shell:
-        "{params.launcher} workflow_scripts/train.py --spec {params.spec:q} --checkpoint {input.checkpoint:q}"
-        " --manifest {input.manifest:q} --out {output.head:q} --curve {output.curve:q} --plot {output.plot:q}"
-        " --threads {threads} 2> {log:q}"
-
-
-rule evaluate_head:
-    input:
-        unpack(head_inputs),
-        head=paths.pattern(paths.HEAD),
-    output:
         metrics=paths.pattern(paths.METRICS),
         pictures=report(
             directory(paths.pattern(paths.PREDICTIONS)),
@@ -59,10 +30,11 @@ rule evaluate_head:
         pictures=config["pictures"],
         launcher=job_launcher,
     log:
-        paths.pattern(paths.EVALUATE_LOG),
+        paths.pattern(paths.LOG),
     benchmark:
-        paths.pattern(paths.EVALUATE_BENCHMARK)
+        paths.pattern(paths.BENCHMARK)
     threads: task_threads
+    priority: head_priority
     resources:
         mem_mb=task_resource("mem_mb"),
         runtime=task_resource("runtime"),
@@ -75,9 +47,10 @@ rule evaluate_head:
     conda:
         "../envs/frozenrep.yaml"
     shell:
-        "{params.launcher} workflow_scripts/evaluate.py --spec {params.spec:q} --checkpoint {input.checkpoint:q}"
-        " --manifest {input.manifest:q} --head {input.head:q} --out {output.metrics:q} --threads {threads}"
-        " --pictures {output.pictures:q} --num-pictures {params.pictures} {params.cache} 2> {log:q}"
+        "{params.launcher} workflow_scripts/train.py --spec {params.spec:q} --checkpoint {input.checkpoint:q}"
+        " --manifest {input.manifest:q} --out {output.head:q} --curve {output.curve:q} --plot {output.plot:q}"
+        " --metrics {output.metrics:q} --pictures {output.pictures:q} --num-pictures {params.pictures}"
+        " {params.cache} --threads {threads} 2> {log:q}"
 
 
 # Table 2's head-capacity rungs: the same jobs with a rung's head (params: table2.rungs), under
@@ -94,20 +67,6 @@ use rule train_head as train_head_rung with:
             subcategory="{task} heads",
             labels={"rung": "{rung}", "backbone": "{backbone}", "mode": "{mode}", "seed": "{seed}"},
         ),
-    params:
-        spec=rung_job_spec,
-        launcher=job_launcher,
-    log:
-        paths.pattern(paths.TRAIN_LOG, rung=True),
-    benchmark:
-        paths.pattern(paths.TRAIN_BENCHMARK, rung=True)
-
-
-use rule evaluate_head as evaluate_head_rung with:
-    input:
-        unpack(head_inputs),
-        head=paths.pattern(paths.HEAD, rung=True),
-    output:
         metrics=paths.pattern(paths.METRICS, rung=True),
         pictures=report(
             directory(paths.pattern(paths.PREDICTIONS, rung=True)),
@@ -123,6 +82,6 @@ use rule evaluate_head as evaluate_head_rung with:
         pictures=config["pictures"],
         launcher=job_launcher,
     log:
-        paths.pattern(paths.EVALUATE_LOG, rung=True),
+        paths.pattern(paths.LOG, rung=True),
     benchmark:
-        paths.pattern(paths.EVALUATE_BENCHMARK, rung=True)
+        paths.pattern(paths.BENCHMARK, rung=True)

@@ -27,7 +27,7 @@ rule table1:
     conda:
         "../envs/frozenrep.yaml"
     shell:
-        "python workflow_scripts/make_table.py --kind {params.kind} --out {output.csv:q} --json {output.json:q}"
+        "python -m frozenrep.warm workflow_scripts/make_table.py --kind {params.kind} --out {output.csv:q} --json {output.json:q}"
         " --md {output.md:q} --png {output.png:q} {params.options} --study {params.study:q}"
         " --tracking {params.tracking:q} {input.metrics:q} 2> {log:q}"
 

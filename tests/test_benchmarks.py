@@ -127,7 +127,7 @@ def test_goals_judge_gpu_results_and_leave_cpu_results_unjudged(tmp_path):
         {"task": "coco", "size": "paper", "where": "disk", "speedup_warm": 1.9, "warm_s": 0.4},
         {"task": "coco", "size": "default", "where": "disk", "speedup_warm": 9.0, "warm_s": 0.1}]})
     dag = write(tmp_path / "dag.json", {"profile": "params/default.yaml", "noop_run_s": 5.4, "full_run_s": 900.0,
-                                        "jobs_per_rule": {"train": 2, "evaluate": 2}})
+                                        "jobs_per_rule": {"heads": 4}})
     cpu = write(tmp_path / "heads-cpu.json", {"environment": {"device": "cpu (2 cores)"}, "forward": [], "ratios": [
         {"task": "coco", "size": "paper", "step_time_ratio": 0.1, "peak_mem_ratio": 0.1}]})
 

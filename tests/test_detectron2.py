@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 from conftest import TINY_HEAD
-from workspace import evaluate_here, ground_truth_outputs, in_this_process, job_spec
+from workspace import ground_truth_outputs, in_this_process, job_spec, metrics_of
 
 from frozenrep.data.coco import CocoDetection, collate
 from frozenrep.evaluation.coco import coco_ap, predictions_to_coco
@@ -114,7 +114,7 @@ def test_coco_evaluator_and_frozenrep_agree_on_the_same_predictions(remapped_coc
 
 
 def test_a_ci_profile_job_trains_and_evaluates_on_detectron2(job_root, tmp_path):
-    from frozenrep.jobs import run_training
+    from frozenrep.jobs import Evaluation, run_training
 
     root, entry = job_root
     spec = job_spec(root, entry, "coco", "detectron2", steps=2, checkpoint_every=2)
@@ -122,13 +122,14 @@ def test_a_ci_profile_job_trains_and_evaluates_on_detectron2(job_root, tmp_path)
     spec["task_config"]["engine"] = "detectron2"
     manifest, checkpoint = root / "coco.manifest.json", root / "tiny.safetensors"
     head = tmp_path / "head.safetensors"
-    in_this_process(run_training, spec, checkpoint, manifest, head, tmp_path / "curve.csv")
+    in_this_process(run_training, spec, checkpoint, manifest, head, tmp_path / "curve.csv",
+                    evaluation=Evaluation(tmp_path / "metrics.json"))
     from safetensors.torch import load_file
 
     weights = load_file(str(head))
     assert any(k.startswith("model.roi_heads.") for k in weights)  # Detectron2's RoI heads were trained
     assert not any(".levels.body." in k for k in weights)  # the frozen backbone is not in the head file
-    metrics = evaluate_here(spec, checkpoint, manifest, head, tmp_path / "metrics.json")
+    metrics = metrics_of(tmp_path / "metrics.json")
     assert {"box_ap", "mask_ap", "box_ap50"} <= set(metrics) and 0.0 <= metrics["box_ap"] <= 100.0
     from frozenrep.config import JobSpec
 

@@ -165,16 +165,24 @@ def test_a_job_killed_under_torchrun_resumes_to_the_uninterrupted_weights(job_ro
 
 @pytest.mark.parametrize("task", list(TASK_NAMES))
 def test_two_process_evaluation_gives_the_single_process_metric(job_root, task):
-    """Each rank scores every other validation sample; the pooled predictions give exactly the metric."""
+    """Each rank scores every other validation sample; the pooled predictions give exactly the metric.
+    Both evaluate the same weights: the finished one-process job, run again (it trains nothing), in
+    this process and, on a copy of its run folder, under torchrun."""
+    import shutil
+
     root, entry = job_root
     train_cmd, head = single_process_head(root, entry, task)
     spec = json.loads(train_cmd[train_cmd.index("--spec") + 1])
-    evaluate = ["workflow_scripts/evaluate.py", "--spec", json.dumps(spec), "--checkpoint", str(root / "tiny.safetensors"),
-                "--manifest", str(root / f"{task}.manifest.json"), "--head", str(head)]
-    single, pooled = head.parent / "single.json", head.parent / "pooled.json"
+    copy = head.parent.with_name(head.parent.name + "-pooled")
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(head.parent, copy)
+    single, pooled = head.parent / "single.json", copy / "pooled.json"
     evaluate_here(spec, root / "tiny.safetensors", root / f"{task}.manifest.json", head, single)
-    log = run([*TORCHRUN, *evaluate, "--out", str(pooled)]).stderr
+    rerun = [*train_cmd[:train_cmd.index("--out")], "--out", str(copy / head.name), "--metrics", str(pooled)]
+    log = run([*TORCHRUN, *rerun]).stderr
     assert "Traceback" not in log
+    steps = spec["task_config"]["train"]["steps"]
+    assert log.count(f"from step {steps}/{steps}") == 2, log[-3000:]  # both ranks resumed at the end
 
     a, b = json.loads(single.read_text()), json.loads(pooled.read_text())
     drop = {"seconds"}

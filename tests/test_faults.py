@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from workspace import REPO, copy_workspace, evaluate_here, in_this_process, job_spec, snakemake, tool_env
+from workspace import REPO, copy_workspace, in_this_process, job_spec, metrics_of, snakemake, tool_env
 
-from frozenrep.jobs import run_training
+from frozenrep.jobs import Evaluation, run_training
 from frozenrep.tasks import TASK_NAMES
 
 pytestmark = pytest.mark.slow
@@ -40,14 +40,11 @@ def manifest(root, spec):
     return str(root / f"{spec['task']}.manifest.json")
 
 
-def train_cmd(root, spec, out):
+def train_cmd(root, spec, out, metrics=None):
+    """The head job's command; with ``metrics``, it evaluates the trained head too."""
     return [PYTHON, str(REPO / "workflow_scripts/train.py"), "--spec", json.dumps(spec), "--checkpoint",
             str(root / "tiny.safetensors"), "--manifest", manifest(root, spec), "--out", str(out),
-            "--curve", str(out.parent / "curve.csv")]
-
-
-def evaluate(root, spec, head, out):
-    return evaluate_here(spec, root / "tiny.safetensors", Path(manifest(root, spec)), head, out)
+            "--curve", str(out.parent / "curve.csv"), *(["--metrics", str(metrics)] if metrics else [])]
 
 
 def env():
@@ -58,13 +55,13 @@ def test_sigkill_at_a_random_step_then_rerun_gives_the_same_head_and_metrics(job
     root, spec = job_inputs
     whole = tmp_path / "whole" / "head.safetensors"  # the uninterrupted job (here: its imports are loaded)
     in_this_process(run_training, spec, root / "tiny.safetensors", Path(manifest(root, spec)), whole,
-                    whole.parent / "curve.csv")
+                    whole.parent / "curve.csv", evaluation=Evaluation(tmp_path / "whole.json"))
 
     killed = tmp_path / "killed" / "head.safetensors"
     state = killed.parent / "state.pt"
     target = random.Random(spec["task"]).choice(range(2, 6, 2))  # kill after this checkpoint (seeded: repeatable)
-    process = subprocess.Popen(train_cmd(root, spec, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=env())
+    process = subprocess.Popen(train_cmd(root, spec, killed, tmp_path / "killed.json"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=env())
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         if state.exists() and torch.load(state, weights_only=True)["step"] >= target:
@@ -75,13 +72,14 @@ def test_sigkill_at_a_random_step_then_rerun_gives_the_same_head_and_metrics(job
     assert not killed.exists(), "killed too late: the job had already finished"
     step_at_kill = torch.load(state, weights_only=True)["step"]
     assert target <= step_at_kill < 8
-    subprocess.run(train_cmd(root, spec, killed), check=True, capture_output=True, env=env())
+    assert not (tmp_path / "killed.json").exists()
+    subprocess.run(train_cmd(root, spec, killed, tmp_path / "killed.json"), check=True, capture_output=True, env=env())
 
     a, b = load_file(str(whole)), load_file(str(killed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the loss curve survives the kill too: every logged step, the same values
     assert (whole.parent / "curve.csv").read_bytes() == (killed.parent / "curve.csv").read_bytes()
-    assert evaluate(root, spec, whole, tmp_path / "whole.json") == evaluate(root, spec, killed, tmp_path / "killed.json")
+    assert metrics_of(tmp_path / "whole.json") == metrics_of(tmp_path / "killed.json")
 
 
 def test_stop_signals_save_the_state_of_that_step_and_the_reruns_resume_to_the_same_head(job_root, tmp_path):
@@ -148,9 +146,9 @@ def test_failing_job_leaves_no_output_and_marks_its_mlflow_run_failed(job_inputs
 
 @pytest.mark.workflow
 def test_a_failing_job_does_not_touch_what_other_jobs_made(ci_run, tmp_path):
-    """From the finished CI workspace, with one evaluation per other task and every ADE20K job to do
-    again and an ADE20K mask broken: under --keep-going the ADE20K jobs fail on that file, the other
-    jobs run, and nothing that was there changes."""
+    """From the finished CI workspace, with one head job per other task (its outputs deleted, its
+    state kept) and every ADE20K job to do again and an ADE20K mask broken: under --keep-going the
+    ADE20K jobs fail on that file, the other jobs run, and nothing that was there changes."""
     import shutil
 
     ws, result = ci_run
@@ -158,13 +156,18 @@ def test_a_failing_job_does_not_touch_what_other_jobs_made(ci_run, tmp_path):
     ws = copy_workspace(ws, tmp_path / "ws")
     for folder in [ws / "runs/ade20k", *(ws / "results").glob("*/ade20k")]:  # every ADE20K job's outputs
         shutil.rmtree(folder)
-    for task, mode in (("coco", "finetune"), ("k400", "frozen")):  # an evaluation to do again per other task
-        (ws / f"results/metrics/{task}/tiny-swin-none/{mode}/seed0.json").unlink()
-        shutil.rmtree(ws / f"results/predictions/{task}/tiny-swin-none/{mode}/seed0")
+    for task, mode in (("coco", "finetune"), ("k400", "frozen")):  # a head job to do again per other task
+        job = f"{task}/tiny-swin-none/{mode}/seed0"
+        for output in (f"runs/{job}/head.safetensors", f"results/metrics/{job}.json", f"results/curves/{job}.csv",
+                       f"results/plots/{job}.png"):
+            (ws / output).unlink()
+        shutil.rmtree(ws / f"results/predictions/{job}")
     for path in (ws / "results").glob("table1.*"):
         path.unlink()
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (ws / "results").rglob("*") if p.is_file()}
     before.update({p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (ws / "runs").rglob("*") if p.is_file()})
+    for task, mode in (("coco", "finetune"), ("k400", "frozen")):  # those jobs' runs, in this test's store
+        del before[ws / f"runs/{task}/tiny-swin-none/{mode}/seed0/mlflow_run_id"]
     masks = sorted((ws / "data/ade20k/annotations/validation").glob("*.png"))
     masks[0].write_bytes(b"not a png")  # every ade20k job now fails on this file
     env = {**tool_env(ws), "MLFLOW_TRACKING_URI": f"sqlite:///{ws / 'mlruns-faults.db'}"}
@@ -180,18 +183,19 @@ def test_a_failing_job_does_not_touch_what_other_jobs_made(ci_run, tmp_path):
 
 
 def test_a_tracking_server_gone_mid_run_stops_neither_the_job_nor_the_next(job_root, tmp_path):
-    """The MLflow server dies after the first checkpoint: the training still writes its head and says
-    tracking failed; the evaluation after it, with the server still gone, writes its metrics."""
+    """The MLflow server dies after the first checkpoint: the job still writes its head and its
+    metrics and says tracking failed; the job run again with the server still gone (its outputs
+    deleted: it trains nothing and evaluates again) writes its metrics too, untracked."""
     from conftest import running_mlflow_server
 
     root, entry = job_root
     spec = job_spec(root, entry, "k400", "tracking-gone", steps=30, checkpoint_every=2, log_every=2)
-    head = tmp_path / "run" / "head.safetensors"
+    head, metrics = tmp_path / "run" / "head.safetensors", tmp_path / "metrics.json"
     env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
     (tmp_path / "server").mkdir()
     with running_mlflow_server(tmp_path / "server") as server, open(tmp_path / "train.log", "w") as log:
         env["MLFLOW_TRACKING_URI"] = server.uri
-        process = subprocess.Popen(train_cmd(root, spec, head), stdout=log, stderr=log, env=env)
+        process = subprocess.Popen(train_cmd(root, spec, head, metrics), stdout=log, stderr=log, env=env)
         state, deadline = head.parent / "state.pt", time.monotonic() + 300
         while not state.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -200,9 +204,11 @@ def test_a_tracking_server_gone_mid_run_stops_neither_the_job_nor_the_next(job_r
         assert process.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
     assert torch.load(state, weights_only=True)["step"] == 30 and head.is_file()
     assert f"MLflow tracking at {server.uri} failed" in (tmp_path / "train.log").read_text()
-    metrics = tmp_path / "metrics.json"
-    done = subprocess.run([PYTHON, str(REPO / "workflow_scripts/evaluate.py"), "--spec", json.dumps(spec),
-                           "--checkpoint", str(root / "tiny.safetensors"), "--manifest", manifest(root, spec),
-                           "--head", str(head), "--out", str(metrics)], capture_output=True, text=True, env=env)
+    first = metrics_of(metrics)
+    assert "top1" in first
+    head.unlink()
+    metrics.unlink()
+    done = subprocess.run(train_cmd(root, spec, head, metrics), capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "top1" in json.loads(metrics.read_text())["metrics"] and "untracked" in done.stderr
+    assert "untracked" in done.stderr and "from step 30/30" in done.stderr
+    assert metrics_of(metrics) == first

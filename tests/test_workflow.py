@@ -36,7 +36,7 @@ def test_paper_profile_dry_run_lists_the_whole_dag_offline(tmp_path):
     # table 1: 3 tasks x 6 official backbones x (frozen, finetune) x 1 seed; table 4: 6 families, one of
     # them (swin-b-in22k) table 1's, the others hub copies (timm:) and the authors' releases
     assert job_counts(result.stdout) == {"prepare_dataset": 3, "fetch_checkpoint": 6 + 5, "train_head": 36 + 30,
-                                         "evaluate_head": 36 + 30, "table1": 1, "table4": 1}
+                                         "table1": 1, "table4": 1}
     for name in ("convnext-b-in22k", "vit-b16-in21k", "vit-b16-mae-official", "dinov2-b14-official", "clip-b16-official"):
         assert f"results/metrics/coco/{name}/finetune/seed0.json" in result.stdout, name
         assert f"runs/k400/{name}/frozen/seed0/head.safetensors" in result.stdout, name
@@ -44,9 +44,8 @@ def test_paper_profile_dry_run_lists_the_whole_dag_offline(tmp_path):
     coco_jobs = [line for line in result.stdout.splitlines() if "workflow_scripts/train.py" in line and '"task": "coco"' in line]
     assert len(coco_jobs) == 12 + 10 and all('"engine": "detectron2"' in line for line in coco_jobs)  # on Detectron2
     assert '"table": "table4"' in result.stdout  # table-4-only backbones' runs go under table 4's parent run
-    # every training and evaluation job runs one process per GPU of its node's 8
+    # every head job (training, then evaluation) runs one process per GPU of its node's 8
     assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/train.py") == 66
-    assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/evaluate.py") == 66
     assert "checkpoints/swin-b-simmim.pth" in result.stdout and "checkpoints/swinv2-b-simmim.pth" in result.stdout
     assert "checkpoints/swinv2-l-in22k.pth" in result.stdout
     assert "results/metrics/ade20k/swin-b-in22k/frozen/seed0.json" in result.stdout
@@ -64,8 +63,7 @@ def test_paper_profile_dry_run_of_tables_2_and_3(tmp_path):
     # table 2: SwinV2-L x (frozen, finetune) x rungs (COCO 6, ADE20K 3, K400 4), one per task being the
     # profile's head (table 1's jobs: train_head); table 3: 3 backbones x 3 tasks, frozen, SwinV2-L's shared
     assert job_counts(result.stdout) == {"prepare_dataset": 3, "fetch_checkpoint": 3, "train_head": 6 + 6,
-                                         "train_head_rung": 20, "evaluate_head": 12, "evaluate_head_rung": 20,
-                                         "table2": 1, "table3": 1}
+                                         "train_head_rung": 20, "table2": 1, "table3": 1}
     assert "runs/heads/coco/4conv1fc-fpn3/swinv2-l-in22k/frozen/seed0/head.safetensors" in result.stdout
     assert "results/metrics/ade20k/swinv2-l-in22k/finetune/seed0.json" in result.stdout  # the pd1-td4 rung
     assert "runs/heads/ade20k/pd1-td4" not in result.stdout
@@ -74,7 +72,7 @@ def test_paper_profile_dry_run_of_tables_2_and_3(tmp_path):
     # training jobs, srun starting one torchrun per node; the others on one node
     two_nodes = ("srun --nodes=2 --ntasks-per-node=1 --cpus-per-task=8 --gpus-per-node=8 --kill-on-bad-exit=1 "
                  "torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d")
-    assert result.stdout.count(f"{two_nodes} ") == 14 + 14  # training and evaluation
+    assert result.stdout.count(f"{two_nodes} ") == 14
     assert re.search(rf"{two_nodes} [^\n]*workflow_scripts/train.py[^\n]*runs/heads/coco/4conv1fc-fpn3/", result.stdout)
     assert result.stdout.count("torchrun --standalone --nproc_per_node=8 workflow_scripts/train.py") == 32 - 14
     # every COCO job on Detectron2; the three Cascade Mask R-CNN rungs, frozen and fine-tuned
@@ -92,9 +90,9 @@ def test_default_profile_dry_run(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     # 4 pretrainings (none = random init) x 3 tasks x (frozen, finetune) x 1 seed
     assert job_counts(result.stdout) == {"create_local_backbone": 4, "fetch_checkpoint": 4, "prepare_dataset": 3,
-                                         "train_head": 24, "evaluate_head": 24, "table1": 1}
+                                         "train_head": 24, "table1": 1}
     three_seeds = snakemake(ws, "-n", "results/table1.csv", "--config", "seeds=3")
-    assert job_counts(three_seeds.stdout)["train_head"] == 72 and job_counts(three_seeds.stdout)["evaluate_head"] == 72
+    assert job_counts(three_seeds.stdout)["train_head"] == 72
     # the study layer: 3 seeds, the video heads train 1000 steps instead of 200, the fine-tuned COCO jobs 1200
     study = snakemake(ws, "-n", "-p", "results/table1.csv", "--configfile", "params/default.yaml", "params/study.yaml")
     assert job_counts(study.stdout)["train_head"] == 72
@@ -107,13 +105,39 @@ def test_default_profile_dry_run(tmp_path):
     # 3 widths x 3 tasks frozen (the middle one shared): 3 pretrainings
     tables = snakemake(ws, "-n", "results/table2.csv", "results/table3.csv")
     assert job_counts(tables.stdout) == {"create_local_backbone": 3, "fetch_checkpoint": 3, "prepare_dataset": 3,
-                                         "train_head": 6 + 6, "train_head_rung": 16, "evaluate_head": 12,
-                                         "evaluate_head_rung": 16, "table2": 1, "table3": 1}
+                                         "train_head": 6 + 6, "train_head_rung": 16, "table2": 1,
+                                         "table3": 1}
     # table 4: 6 backbones (4 pretrained only for it) x 3 tasks x (frozen, finetune); tiny-swin-supervised's
     # and tiny-swin-simmim's are table 1's
     families = snakemake(ws, "-n", "results/table4.csv")
     assert job_counts(families.stdout) == {"create_local_backbone": 6, "fetch_checkpoint": 6, "prepare_dataset": 3,
-                                           "train_head": 36, "evaluate_head": 36, "table4": 1}
+                                           "train_head": 36, "table4": 1}
+
+
+def job_priorities(output: str) -> list[tuple[str, str, int]]:
+    """(rule, wildcards, priority) of every job a verbose dry run lists."""
+    return [(m.group(1), m.group(2), int(m.group(3))) for m in re.finditer(
+        r"^rule (\w+):\n(?:    (?!wildcards:)[^\n]*\n)*?    wildcards: ([^\n]*)\n    priority: (\d+)$", output, re.M)]
+
+
+def test_jobs_that_others_wait_for_start_first_then_the_longest_heads(tmp_path):
+    """Datasets and backbones before any head job (each one gates heads), the longest pretraining
+    first; head jobs by their training steps (the study's fine-tuned COCO jobs at 1200 first), so
+    that the shortest jobs fill the two cores at the end of the DAG."""
+    ws = make_workspace(tmp_path / "ws")
+    result = snakemake(ws, "-n", "--verbose", "results/table1.csv", "--configfile", "params/default.yaml",
+                       "params/study.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = job_priorities(result.stdout + result.stderr)
+    assert len(jobs) == sum(job_counts(result.stdout).values()) - 1  # every job but table1 (no wildcards)
+    heads = {(dict(w.split("=") for w in wildcards.split(", "))["task"], dict(w.split("=") for w in
+             wildcards.split(", "))["mode"], priority) for rule, wildcards, priority in jobs if rule == "train_head"}
+    assert heads == {("coco", "frozen", 300), ("coco", "finetune", 1200), ("ade20k", "frozen", 250),
+                     ("ade20k", "finetune", 250), ("k400", "frozen", 1000), ("k400", "finetune", 1000)}
+    gates = {wildcards: priority for rule, wildcards, priority in jobs if rule != "train_head"}
+    assert min(gates.values()) > max(priority for _, _, priority in heads)
+    backbones = {w.removeprefix("name="): p for w, p in gates.items() if w.startswith("name=") and "ext=" not in w}
+    assert max(backbones, key=backbones.get) == "tiny-swin-supervised-large"  # 4500 steps: first
 
 
 def test_ci_run_produces_table1(ci_run):
@@ -135,6 +159,20 @@ def test_ci_run_produces_table1(ci_run):
     assert (ws / "results" / "table1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curve = pd.read_csv(ws / "results/curves/coco/tiny-swin-none/frozen/seed0.csv")
     assert curve["step"].tolist() == [2, 4, 6] and {"loss", "lr", "loss_mask"} <= set(curve.columns)
+
+
+def test_the_ci_run_forks_its_head_and_table_jobs_from_one_warm_server_and_stops_it(ci_run):
+    """`warm_start: true`: every head job and the table job went through the run's server
+    (logs/warm-start.log), which ended with the run and removed its socket."""
+    ws, result = ci_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (ws / "logs/warm-start.log").read_text()
+    socket = re.search(r"serving on (\S+) ", log).group(1)
+    forked = re.findall(r"job \d+: workflow_scripts/(\w+)\.py --out (\S+)", log)
+    heads = sorted(str(p.relative_to(ws)) for p in ws.glob("runs/*/*/*/seed0/head.safetensors"))
+    assert sorted(out for script, out in forked if script == "train") == heads and len(heads) == 6
+    assert ("make_table", "results/table1.csv") in forked
+    assert not Path(socket).exists() and not Path(socket).parent.exists()
 
 
 def test_frozen_evaluations_fill_the_feature_cache(ci_run):
@@ -192,21 +230,29 @@ def test_snakemake_killed_mid_dag_then_the_same_command_writes_the_same_table(ci
     assert not list((copy / ".snakemake/locks").glob("*.lock"))
 
 
-def test_the_evaluate_rule_under_torchrun_gives_the_one_process_metrics(ci_run, mlflow_server, tmp_path):
-    """`resources.processes: 2` for K400: the rule runs evaluate.py under torchrun (two gloo ranks on
-    the CPU), and the metric file holds exactly what the one-process evaluation of the CI run wrote."""
+def test_a_finished_head_job_forced_again_under_torchrun_evaluates_to_the_one_process_metrics(
+        ci_run, mlflow_server, tmp_path):
+    """A finished head job run again (`--forcerun`) with `resources.processes: 2` for K400: under
+    torchrun (two gloo ranks on the CPU) both ranks resume from the state at the last step, train
+    nothing, write the same head, and split the evaluation; the metric file holds exactly what the
+    one-process evaluation of the CI run wrote."""
     ws, result = ci_run
     assert result.returncode == 0, result.stderr[-3000:]
     copy = copy_workspace(ws, tmp_path / "ws")
     (copy / "two-ranks.yaml").write_text("k400:\n  resources:\n    processes: 2\n")
     target = "results/metrics/k400/tiny-swin-none/frozen/seed0.json"
+    head = "runs/k400/tiny-swin-none/frozen/seed0/head.safetensors"
     again = snakemake(copy, "--cores", "2", "-p", "--configfile", "params/ci.yaml", "two-ranks.yaml",
-                      "--forcerun", target, "--until", target, "--rerun-triggers", "mtime",  # the head stays
+                      "--forcerun", target, "--until", target, "--rerun-triggers", "mtime",
                       env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
     assert again.returncode == 0, again.stderr[-3000:]
     output = again.stdout + again.stderr
-    assert "torchrun --standalone --nproc_per_node=2 workflow_scripts/evaluate.py" in output
-    assert job_counts(output) == {"evaluate_head": 1}
+    assert "torchrun --standalone --nproc_per_node=2 workflow_scripts/train.py" in output
+    assert job_counts(output) == {"train_head": 1}
+    log = (copy / "logs/heads/k400/tiny-swin-none/frozen/seed0.log").read_text()
+    steps = yaml.safe_load((copy / "params/ci.yaml").read_text())["k400"]["train"]["steps"]
+    assert log.count(f"from step {steps}/{steps}") == 2, log[-3000:]  # both ranks, at the end: nothing trained
+    assert (copy / head).read_bytes() == (ws / head).read_bytes()
     one, two = (json.loads((w / target).read_text()) for w in (ws, copy))
     drop = lambda metrics: {k: v for k, v in metrics.items() if "seconds" not in k}
     assert drop(two["metrics"]) == drop(one["metrics"]) and two["num_images"] == one["num_images"]
@@ -343,7 +389,7 @@ def test_tables_2_and_3_run_on_the_ci_profile(tables_run):
     # only the new backbone's jobs ran: what the study had made (tables 1 to 4) was reused, not rerun
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in done_before.items())
     assert job_counts(result.stdout + result.stderr) == {
-        "create_local_backbone": 1, "fetch_checkpoint": 1, "train_head": 3, "evaluate_head": 3, "table3": 1}
+        "create_local_backbone": 1, "fetch_checkpoint": 1, "train_head": 3, "table3": 1}
 
     table2 = pd.read_csv(ws / "results/table2.csv")
     assert table2[["task", "rung", "mode"]].values.tolist() == [
@@ -438,7 +484,7 @@ def test_tables_1_and_4_over_backbone_families_through_registry_entries_and_a_pr
     metrics = [c for c in table.columns if c.split("_")[0] in ("coco", "ade20k", "k400")]
     assert len(metrics) >= 4 and table[metrics].notna().all().all(), table.to_string()
     ran = job_counts(done.stdout + done.stderr)
-    assert ran.get("train_head") == ran.get("evaluate_head") == 3 * (len(families) - 1), ran  # Swin's were done
+    assert ran.get("train_head") == 3 * (len(families) - 1), ran  # Swin's were done
     assert ran.get("table4") == 1
     table4 = pd.read_csv(copy / "results/table4.csv")
     assert table4["backbone"].tolist() == families and set(table4["source"]) == {"measured"}

@@ -87,7 +87,7 @@ def resolved_profile(name: str = "ci.yaml") -> dict:
 
 
 def job_spec(root: Path, entry, task: str, study: str, **train) -> dict:
-    """A training/evaluation job spec for ``task`` on the CI profile, as the rules pass it (the JSON
+    """A head job spec for ``task`` on the CI profile, as the rules pass it (the JSON
     of :class:`frozenrep.config.JobSpec`), its dataset generated under ``root`` (once) with its
     manifest beside it; ``train`` overrides keys of the task's train block."""
     import json
@@ -107,8 +107,21 @@ def job_spec(root: Path, entry, task: str, study: str, **train) -> dict:
     return json.loads(spec.to_json())
 
 
+def wait_for(condition, what: str, timeout: float = 300, interval: float = 0.2):
+    """``condition()``'s first true value, asked every ``interval`` seconds; an AssertionError naming
+    ``what`` after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def in_this_process(run, spec: dict, *args, **kwargs) -> None:
-    """``run`` (``frozenrep.jobs.run_training`` or ``run_evaluation``) as its workflow script calls it,
+    """``run`` (``frozenrep.jobs.run_training``) as its workflow script calls it,
     on one thread as the rules give it, but in this process: without a new interpreter's imports."""
     import json
 
@@ -126,13 +139,20 @@ def in_this_process(run, spec: dict, *args, **kwargs) -> None:
 
 
 def evaluate_here(spec: dict, checkpoint: Path, manifest: Path, head: Path, out: Path) -> dict:
-    """The evaluation of ``head`` in this process (:func:`in_this_process`): its metrics without wall-clock times."""
+    """The head job of ``head`` with its evaluation, in this process (:func:`in_this_process`): a
+    job trained to its end (its state file beside ``head``) trains nothing and only evaluates. Its
+    metrics without wall-clock times."""
+    from frozenrep.jobs import Evaluation, run_training
+
+    in_this_process(run_training, spec, checkpoint, manifest, head, evaluation=Evaluation(out))
+    return metrics_of(out)
+
+
+def metrics_of(path: Path) -> dict:
+    """A metrics file's metrics without wall-clock times."""
     import json
 
-    from frozenrep.jobs import run_evaluation
-
-    in_this_process(run_evaluation, spec, checkpoint, manifest, head, out)
-    return {k: v for k, v in json.loads(out.read_text())["metrics"].items() if "seconds" not in k}
+    return {k: v for k, v in json.loads(path.read_text())["metrics"].items() if "seconds" not in k}
 
 
 def ground_truth_outputs(ds, shift=0.0):

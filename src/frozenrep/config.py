@@ -1,5 +1,5 @@
 """Run profiles: loading, the schema's defaults (the only defaults), the checks a JSON schema
-cannot express, and the typed job spec that every training and evaluation job starts from.
+cannot express, and the typed job spec that every head job (training, then evaluation) starts from.
 
 The Snakefile validates the profile against params/schemas/config.schema.yaml (filling in its
 defaults), then calls :func:`check_config`; both run before any job, and each error names the key
@@ -94,7 +94,7 @@ def job_processes_per_node(resources: Mapping[str, Any]) -> int:
 
 
 def job_world(resources: Mapping[str, Any]) -> int:
-    """Processes of a task's training or evaluation job over all its nodes."""
+    """Processes of a task's head job over all its nodes."""
     return resources["nodes"] * job_processes_per_node(resources)
 
 
@@ -172,7 +172,7 @@ def config_from(cls: type, values: Mapping[str, Any], section: str, where: str |
 
 @dataclass(frozen=True)
 class JobSpec:
-    """Everything a training or evaluation job needs, built once from the validated profile.
+    """Everything a head job needs, built once from the validated profile.
 
     ``task_config`` is the profile's ``<task>`` section (defaults filled in, ``resources`` left
     out, a table-2 rung's head in place of the profile's); ``rung`` names that rung; ``table`` is

@@ -1,4 +1,5 @@
-"""The training and evaluation jobs that the workflow scripts run (one task, backbone, mode, seed)."""
+"""The head job that the workflow script runs (one task, backbone, mode, seed): training, then the
+evaluation of the trained head, in one process and one MLflow run."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from frozenrep.locks import job_lock
 from frozenrep.progress import log
 from frozenrep.runtime import pick_device, start_distributed
 from frozenrep.tasks import Task, get_task
-from frozenrep.tracking import flatten, git_commit, resolve_uri, run_name, tracked_run
+from frozenrep.tracking import RunLogger, flatten, git_commit, resolve_uri, run_name, tracked_run
 from frozenrep.training import TrainConfig, train
 
 
@@ -82,7 +83,7 @@ def job_fingerprint(spec: JobSpec, checkpoint: Path) -> str:
 
 @dataclass
 class Job:
-    """What the training and the evaluation job both start from."""
+    """What a head job starts from: its task, device, both splits and the model."""
 
     task: Task
     device: torch.device
@@ -99,21 +100,37 @@ def prepare_job(spec: JobSpec, checkpoint: Path, manifest: Path, device: torch.d
     return Job(task, device or pick_device(spec.device), train_set, val_set, build_model(spec, checkpoint, train_set))
 
 
-def run_training(spec: JobSpec, checkpoint: Path, manifest: Path, out_head: Path,
-                 out_curve: Path | None = None, out_plot: Path | None = None) -> None:
-    """Train the task head; write ``out_head`` (safetensors), ``out_curve`` (CSV) and ``out_plot``
-    (the curve as PNG, also an MLflow artifact) atomically when done.
+@dataclass(frozen=True)
+class Evaluation:
+    """What a head job writes after training, from the trained model in the same process: the
+    metrics JSON; the first ``num_pictures`` validation samples drawn with their predictions into
+    ``pictures``; a frozen backbone's features read from and written to ``feature_cache``."""
 
-    Under torchrun every rank trains its share of each batch; rank 0 alone tracks the run and
-    writes files.
+    metrics: Path
+    pictures: Path | None = None
+    num_pictures: int = 4
+    feature_cache: Path | None = None
+
+
+def run_training(spec: JobSpec, checkpoint: Path, manifest: Path, out_head: Path,
+                 out_curve: Path | None = None, out_plot: Path | None = None,
+                 evaluation: Evaluation | None = None) -> None:
+    """Train the task head; write ``out_head`` (safetensors), ``out_curve`` (CSV) and ``out_plot``
+    (the curve as PNG, also an MLflow artifact) atomically when done; then, with ``evaluation``,
+    score the trained model on the validation split (:func:`evaluate`) in the same process and run.
+
+    A job whose state file is at its last step (its outputs deleted, a forced rerun) trains no
+    step: it writes the head from that state and evaluates it again.
+    Under torchrun every rank trains its share of each batch and scores its share of the
+    validation set; rank 0 alone tracks the run and writes files.
     """
     device, rank = start_distributed(spec.device)
     with job_lock(out_head.parent, "training", hold=rank == 0):  # never beside an orphan of a killed run
-        _train(spec, checkpoint, manifest, out_head, out_curve, out_plot, device, rank)
+        _train(spec, checkpoint, manifest, out_head, out_curve, out_plot, evaluation, device, rank)
 
 
 def _train(spec: JobSpec, checkpoint: Path, manifest: Path, out_head: Path, out_curve: Path | None,
-           out_plot: Path | None, device: torch.device, rank: int) -> None:
+           out_plot: Path | None, evaluation: Evaluation | None, device: torch.device, rank: int) -> None:
     job = prepare_job(spec, checkpoint, manifest, device)
     task, model, train_set = job.task, job.model, job.train_set
     cfg = spec.config(TrainConfig, "train")
@@ -122,6 +139,8 @@ def _train(spec: JobSpec, checkpoint: Path, manifest: Path, out_head: Path, out_
     if rank != 0:
         train(model, train_set, task.collate, task.loss, cfg, run_dir, seed=spec.seed, fingerprint=fingerprint,
               device=device)
+        if evaluation is not None:
+            evaluate(job, spec, checkpoint, manifest, evaluation, None, cfg.steps, rank)
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     state_file = run_dir / "mlflow_run_id"  # "<fingerprint> <run id>": a resumed job continues its run
@@ -132,8 +151,8 @@ def _train(spec: JobSpec, checkpoint: Path, manifest: Path, out_head: Path, out_
     trainable = counts["trainable_params"]
     params = {**flatten("", spec.task_config), "backbone": spec.backbone, "mode": spec.mode,
               "seed": spec.seed, **counts, "total_params": sum(p.numel() for p in model.parameters())}
-    with tracked_run(resolve_uri(spec.tracking.get("uri")), spec.study, name,
-                     job_tags(spec, checkpoint, manifest, "train"), params, resume_run_id=resume_id,
+    tags = job_tags(spec, checkpoint, manifest, "train" if evaluation is None else "train+evaluate")
+    with tracked_run(resolve_uri(spec.tracking.get("uri")), spec.study, name, tags, params, resume_run_id=resume_id,
                      parent=spec.table) as run:
         if run.run_id is not None:
             write_text_atomic(state_file, f"{fingerprint} {run.run_id}\n")
@@ -142,7 +161,8 @@ def _train(spec: JobSpec, checkpoint: Path, manifest: Path, out_head: Path, out_
         start = time.monotonic()
         result = train(model, train_set, task.collate, task.loss, cfg, run_dir, seed=spec.seed,
                        fingerprint=fingerprint, logger=run, device=device)
-        run.log_metrics({"train/seconds": time.monotonic() - start}, result["step"])
+        if result["start"] < result["step"]:  # a rerun of a finished job trains nothing and keeps its time
+            run.log_metrics({"train/seconds": time.monotonic() - start}, result["step"])
         state = {k: v.detach().cpu().contiguous() for k, v in trainable_state_dict(model).items()}
         # serialised in memory, then written: a failed write (a full disk) is an OSError naming the file
         meta = {"fingerprint": fingerprint, "mlflow_run_id": run.run_id or "", "steps": str(result["step"])}
@@ -155,6 +175,8 @@ def _train(spec: JobSpec, checkpoint: Path, manifest: Path, out_head: Path, out_
             run.log_artifact(plot_curve(result["curve"], out_plot, f"{name}: training curve"), "plots")
         log.info("%s: %d steps, final loss %.4f, %d trainable parameters -> %s", name, result["step"],
                  result["losses"].get("loss", float("nan")), trainable, out_head)
+        if evaluation is not None:
+            evaluate(job, spec, checkpoint, manifest, evaluation, run, result["step"], rank)
 
 
 def write_curve(curve: list[dict[str, float]], out: Path) -> None:
@@ -179,61 +201,46 @@ def attach_feature_cache(model: torch.nn.Module, checkpoint: Path, root: Path | 
     return caches
 
 
-def run_evaluation(spec: JobSpec, checkpoint: Path, manifest: Path, head: Path, out_metrics: Path,
-                   feature_cache: Path | None = None, pictures: Path | None = None, num_pictures: int = 4) -> None:
-    """Score the trained head on the validation split; write ``out_metrics`` (JSON) atomically.
+def evaluate(job: Job, spec: JobSpec, checkpoint: Path, manifest: Path, outputs: Evaluation,
+             run: RunLogger | None, step: int, rank: int) -> None:
+    """Score the job's trained model on the validation split; write ``outputs.metrics`` (JSON)
+    atomically, and the prediction pictures, and log both on ``run`` at ``step``.
 
-    With ``feature_cache`` a frozen backbone's features are read from / written to that folder.
-    With ``pictures`` the first ``num_pictures`` validation samples are drawn with their
-    predictions into that folder (replaced as a whole) and logged as MLflow artifacts.
     Under torchrun every rank scores its share of the validation set and the metric is computed
-    over the pooled predictions; rank 0 alone tracks the run and writes the file (its feature-cache
-    counts are its own share's).
+    over the pooled predictions; rank 0 (``run`` given) alone tracks and writes files (its
+    feature-cache counts are its own share's).
     """
-    device, rank = start_distributed(spec.device)
-    with job_lock(head.parent, "evaluation", hold=rank == 0):
-        _evaluate(spec, checkpoint, manifest, head, out_metrics, feature_cache, pictures, num_pictures, device, rank)
-
-
-def _evaluate(spec: JobSpec, checkpoint: Path, manifest: Path, head: Path, out_metrics: Path,
-              feature_cache: Path | None, pictures: Path | None, num_pictures: int, device: torch.device,
-              rank: int) -> None:
-    job = prepare_job(spec, checkpoint, manifest, device)
     task, model, train_set, val_set = job.task, job.model, job.train_set, job.val_set
-    meta = load_head_weights(model, head)
-    model.to(device)
-    caches = attach_feature_cache(model, checkpoint, feature_cache) if feature_cache and spec.mode == "frozen" else []
+    caches = (attach_feature_cache(model, checkpoint, outputs.feature_cache)
+              if outputs.feature_cache and spec.mode == "frozen" else [])
     if rank != 0:
-        task.evaluate(model, val_set, spec.task_config, device)
+        task.evaluate(model, val_set, spec.task_config, job.device)
         return
     name = spec_run_name(spec)
-    with tracked_run(resolve_uri(spec.tracking.get("uri")), spec.study, name,
-                     job_tags(spec, checkpoint, manifest, "train+evaluate"),
-                     resume_run_id=meta.get("mlflow_run_id") or None, parent=spec.table) as run:
-        start = time.monotonic()
-        metrics, predictions = task.evaluate(model, val_set, spec.task_config, device)
-        seconds = time.monotonic() - start
-        scalars = {f"{spec.task}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-        skipped = [{"split": split, "file": f, "reason": r} for split, ds in (("train", train_set), ("val", val_set))
-                   for f, r in getattr(ds, "skipped", [])]
-        scalars[f"{spec.task}/skipped_samples"] = len(skipped)
-        run.log_metrics(scalars, int(meta.get("steps", 0)))
-        record = {"task": spec.task, "backbone": spec.backbone, "pretraining": spec.entry.pretraining,
-                  "mode": spec.mode, "seed": spec.seed, "rung": spec.rung,
-                  **parameter_counts(model), "metrics": metrics,
-                  "table_metrics": list(task.table_metrics), "num_images": len(val_set),
-                  "skipped_samples": skipped,
-                  "eval_seconds": round(seconds, 2),
-                  "feature_cache": ({"hits": sum(c.hits for c in caches), "misses": sum(c.misses for c in caches)}
-                                    if caches else None), "checkpoint_sha256": checkpoint_sha256(checkpoint),
-                  "data_sha256": file_digest(manifest), "mlflow_run_id": run.run_id}
-        if pictures is not None:
-            with atomic_dir(pictures) as tmp:
-                task.pictures(model, val_set, spec.task_config, device, predictions, tmp, num_pictures)
-            for path in sorted(pictures.iterdir()):
-                run.log_artifact(path, "predictions")
-        write_json_atomic(out_metrics, record)
-        run.log_artifact(out_metrics)
-        log.info("%s: %s", name, ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, (int, float))))
-        if skipped:
-            log.warning("%s: %d bad sample(s) skipped (listed in %s)", name, len(skipped), out_metrics)
+    start = time.monotonic()
+    metrics, predictions = task.evaluate(model, val_set, spec.task_config, job.device)
+    seconds = time.monotonic() - start
+    scalars = {f"{spec.task}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+    skipped = [{"split": split, "file": f, "reason": r} for split, ds in (("train", train_set), ("val", val_set))
+               for f, r in getattr(ds, "skipped", [])]
+    scalars[f"{spec.task}/skipped_samples"] = len(skipped)
+    run.log_metrics(scalars, step)
+    record = {"task": spec.task, "backbone": spec.backbone, "pretraining": spec.entry.pretraining,
+              "mode": spec.mode, "seed": spec.seed, "rung": spec.rung,
+              **parameter_counts(model), "metrics": metrics,
+              "table_metrics": list(task.table_metrics), "num_images": len(val_set),
+              "skipped_samples": skipped,
+              "eval_seconds": round(seconds, 2),
+              "feature_cache": ({"hits": sum(c.hits for c in caches), "misses": sum(c.misses for c in caches)}
+                                if caches else None), "checkpoint_sha256": checkpoint_sha256(checkpoint),
+              "data_sha256": file_digest(manifest), "mlflow_run_id": run.run_id}
+    if outputs.pictures is not None:
+        with atomic_dir(outputs.pictures) as tmp:
+            task.pictures(model, val_set, spec.task_config, job.device, predictions, tmp, outputs.num_pictures)
+        for path in sorted(outputs.pictures.iterdir()):
+            run.log_artifact(path, "predictions")
+    write_json_atomic(outputs.metrics, record)
+    run.log_artifact(outputs.metrics)
+    log.info("%s: %s", name, ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, (int, float))))
+    if skipped:
+        log.warning("%s: %d bad sample(s) skipped (listed in %s)", name, len(skipped), outputs.metrics)

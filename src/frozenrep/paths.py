@@ -4,11 +4,11 @@ from here.
 A job is (task, backbone, mode, seed), or with a table-2 head rung (task, rung, backbone, mode,
 seed); its files sit under the same relative path in each folder::
 
-    runs/<job>/head.safetensors        the trained head (state.pt beside it while training)
+    runs/<job>/head.safetensors        the trained head (state.pt beside it: the resumable state)
     results/metrics/<job>.json         its evaluation
     results/curves/<job>.csv           its training curve (and results/plots/<job>.png)
     results/predictions/<job>/         validation samples drawn with the predictions
-    logs/{train,evaluate}/<job>.log    the jobs' logs (and logs/benchmark/.../<job>.tsv)
+    logs/heads/<job>.log               the job's log (and logs/benchmark/heads/<job>.tsv)
 
 and the tables are ``results/<table>.{csv,json,md,png}``.
 
@@ -26,10 +26,8 @@ METRICS = "results/metrics/{job}.json"
 CURVE = "results/curves/{job}.csv"
 PLOT = "results/plots/{job}.png"
 PREDICTIONS = "results/predictions/{job}"
-TRAIN_LOG = "logs/train/{job}.log"
-EVALUATE_LOG = "logs/evaluate/{job}.log"
-TRAIN_BENCHMARK = "logs/benchmark/train/{job}.tsv"
-EVALUATE_BENCHMARK = "logs/benchmark/evaluate/{job}.tsv"
+LOG = "logs/heads/{job}.log"  # training, then evaluation
+BENCHMARK = "logs/benchmark/heads/{job}.tsv"
 
 MANIFEST = "data/{dataset}.manifest.json"
 TABLE = "results/{table}.{ext}"  # ext: csv, json (DVC metrics), md, png

@@ -126,7 +126,7 @@ def ignore_stop_signals(worker_id: int) -> None:
 
 @contextmanager
 def job_process(threads: int | None) -> Iterator[None]:
-    """A training or evaluation job's process: its thread budget, the process group left on exit,
+    """A head job's process: its thread budget, the process group left on exit,
     and after a :class:`Stopped` (its state saved), the end of the process by the signal that
     stopped it, as the sender expects."""
     set_up_cpu(threads)

@@ -2,8 +2,8 @@
 
 The default store is a local sqlite file (``tracking.uri`` in params); ``MLFLOW_TRACKING_URI``
 overrides it (a tracking server: ``http://...``). Each table of a study has one parent run, named
-after the table and tagged ``role=table``; every pretraining, training and evaluation job that
-feeds the table is its child (``mlflow.parentRunId``), and the table's cells are logged on it.
+after the table and tagged ``role=table``; every pretraining job and head job (training, then
+evaluation) that feeds the table is its child (``mlflow.parentRunId``), and the table's cells are logged on it.
 Child run names follow ``{task}-{backbone}-{mode}-s{seed}``; every child carries the same tags
 (task, backbone, pretraining, mode, seed, head settings, git commit, checkpoint and data hashes),
 so the UI's compare view lines up. The tables never read MLflow: it is for looking, not a cache.

@@ -230,8 +230,9 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
     """Train ``model`` for ``cfg.steps`` steps, resuming from ``run_dir/state.pt`` when it matches.
 
     ``fingerprint`` identifies the job (config + checkpoint); a state file written under another
-    fingerprint is stale and ignored. Returns ``{"step", "losses", "curve"}``: the last step's losses
-    and every logged point (``step``, losses, ``lr``) since step 0, resumed runs included.
+    fingerprint is stale and ignored. Returns ``{"start", "step", "losses", "curve"}``: the step it
+    started (resumed) from, the last step and its losses (none when it started at the last step), and
+    every logged point (``step``, losses, ``lr``) since step 0, resumed runs included.
     """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rank, world = distributed()
@@ -316,4 +317,4 @@ def train(model: nn.Module, dataset: Dataset, collate_fn: Callable, loss_fn: Cal
             if signum and step < cfg.steps:
                 raise Stopped(signum, f"{signal.Signals(signum).name} at step {step}/{cfg.steps}: the state is in "
                               f"{state_path}; run the job again to resume from it")
-    return {"step": step, "losses": losses, "curve": curve}
+    return {"start": start, "step": step, "losses": losses, "curve": curve}

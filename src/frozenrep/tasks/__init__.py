@@ -6,7 +6,7 @@ A task ``<name>`` is its declaration in :data:`DECLARATIONS` plus its own files,
 * ``frozenrep/synthetic/<name>.py``: the embedded default's generator (``generate``);
 * ``frozenrep/heads/<name>.py`` and ``frozenrep/evaluation/<name>.py``: its head and its metric;
 * ``frozenrep/tasks/<name>.py``: ``TASK``, a :class:`Task` that ties them to the one training loop,
-  the one evaluation job and the shared multi-task pass;
+  the head job's evaluation and the shared multi-task pass;
 * its sections in params/schemas/config.schema.yaml (``datasets.<name>`` and ``<name>``).
 
 The profile keys, the rules' wildcards, the table columns (``<name>_<metric>``), the dataset
@@ -38,6 +38,8 @@ class Declaration:
     title: str                           # the task as the tables show it
     metrics: dict[str, str]              # table metrics, in column order: key -> title
     download_keys: tuple[str, ...]       # what datasets.<name>.download must set for `source: download`
+    preload: tuple[str, ...] = ()        # libraries its jobs import only when they build the head or the data
+                                         # (frozenrep.warm imports them once for every job)
 
     def module(self, package: str) -> Any:
         """The task's own module in ``package`` (data, synthetic, heads, evaluation, tasks)."""
@@ -46,11 +48,13 @@ class Declaration:
 
 DECLARATIONS: tuple[Declaration, ...] = (
     # COCO 2017 detection and instance segmentation (Mask R-CNN + FPN): box and mask AP
-    Declaration("coco", "COCO", {"box_ap": "box AP", "mask_ap": "mask AP"}, ("files",)),
+    Declaration("coco", "COCO", {"box_ap": "box AP", "mask_ap": "mask AP"}, ("files",), ("pycocotools.coco",)),
     # ADE20K semantic segmentation (Mask2Former): mIoU
-    Declaration("ade20k", "ADE20K", {"miou": "mIoU"}, ("files",)),
+    Declaration("ade20k", "ADE20K", {"miou": "mIoU"}, ("files",),
+                ("transformers.models.mask2former.modeling_mask2former",)),
     # Kinetics-400 action recognition (a temporal head on per-frame features): multi-view top-1
-    Declaration("k400", "K400", {"top1": "top-1"}, ("lists", "annotations")),
+    Declaration("k400", "K400", {"top1": "top-1"}, ("lists", "annotations"),
+                ("pytorchvideo.data", "pytorchvideo.data.encoded_video")),
 )
 TASKS: dict[str, Declaration] = {d.name: d for d in DECLARATIONS}
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
@@ -79,7 +83,7 @@ def column_of(column: str) -> tuple[Declaration | None, str]:
 
 @dataclass(frozen=True)
 class Task:
-    """How one task plugs into the training loop, the evaluation job and the shared pass.
+    """How one task plugs into the training loop, the head job's evaluation and the shared pass.
 
     Every callable takes the job's task section (``cfg``: the profile's ``<task>`` block with its
     schema defaults, minus ``resources``).
