@@ -56,7 +56,7 @@ def measure(task: str, size: str, device_name: str, samples: int, where: str, ro
     adapter = model.backbone.body if task == "coco" else model.backbone
     run_pass()  # warm-up: kernels, allocator
     plain = run_pass()
-    # As the evaluation job attaches it: only the levels the head reads (the video head: one).
+    # As the head job's evaluation attaches it: only the levels the head reads (the video head: one).
     cache = FeatureCache("b" * 64, root if where == "disk" else None, getattr(model, "backbone_levels", None))
     adapter.use_cache(cache)
     cold = run_pass()

@@ -43,7 +43,7 @@ def test_cached_passes_give_the_uncached_outputs_bit_for_bit(tiny_detector, tiny
     assert_same_detections(reference, second)
     if on_disk:
         assert len(list((tmp_path / "cache").rglob("*.feat"))) == 4  # one file per image
-        # A fresh cache object over the same folder (the next evaluation job) starts with hits.
+        # A fresh cache object over the same folder (the next evaluation) starts with hits.
         fresh = FeatureCache("c" * 64, tmp_path / "cache")
         model.backbone.body.use_cache(fresh)
         assert_same_detections(reference, outputs(model, images))
