@@ -146,8 +146,9 @@ def test_without_a_server_the_client_runs_the_script_itself(server, script, tmp_
 
 def test_the_server_stops_taking_jobs_when_its_run_dies_and_ends_after_its_last_job(script, tmp_path):
     """The Snakemake that started the server is SIGKILLed: the server removes its socket (new jobs run
-    cold) and ends once the job it forked has ended."""
-    socket = tmp_path / "socket"
+    cold) and the socket's private folder, and ends once the job it forked has ended."""
+    socket = tmp_path / "run" / "socket"
+    socket.parent.mkdir()
     starter = subprocess.Popen([PYTHON, "-c", textwrap.dedent(f"""\
         import subprocess, sys, time
         subprocess.Popen([sys.executable, "-m", "frozenrep.warm", "--serve", {str(socket)!r}],
@@ -163,7 +164,7 @@ def test_the_server_stops_taking_jobs_when_its_run_dies_and_ends_after_its_last_
                                     text=True).stdout.split()[0])
     starter.kill()
     starter.wait()
-    wait_for(lambda: not socket.exists(), "the server to stop taking jobs", 10)
+    wait_for(lambda: not socket.parent.exists(), "the server to stop taking jobs and remove its folder", 10)
     assert alive(server_pid) and alive(pid)  # its job runs on, and the server waits for it
     job.send_signal(signal.SIGTERM)
     assert job.wait(timeout=60) == -signal.SIGTERM

@@ -14,8 +14,8 @@ interpreter settings differ from its own), the client replaces itself with ``pyt
 ARGS...``: a job runs the same either way, warm or not.
 
 The server is started by the Snakefile (``onstart``, only where jobs run on this machine), stops
-with the run, and stops taking jobs when the Snakemake that started it dies; children it forked
-run on to their end. It refuses to serve (and jobs run cold) when the preloaded libraries started
+with the run, and stops taking jobs when the Snakemake that started it dies (removing its socket,
+and the socket's folder when that is left empty); children it forked run on to their end. It refuses to serve (and jobs run cold) when the preloaded libraries started
 threads, since a process with threads cannot be forked safely.
 
 This module imports only the standard library: the client must start in milliseconds.
@@ -134,7 +134,8 @@ def task_modules(tasks: list[str]) -> list[str]:
 
 def serve(path: Path, modules: list[str]) -> int:
     """Preload ``modules``, then fork a child for every job a client sends to the socket at ``path``,
-    until SIGTERM or the death of the process that started it; return once the last child ended."""
+    until SIGTERM or the death of the process that started it; then remove the socket, and its folder
+    if that is left empty; return once the last child ended."""
     parent = os.getppid()
     preload(modules)
     threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
@@ -172,6 +173,10 @@ def serve(path: Path, modules: list[str]) -> int:
             selector.unregister(listener)
             listener.close()
             path.unlink(missing_ok=True)
+            try:  # the run's private folder, also when the run was killed and cannot remove it
+                path.parent.rmdir()
+            except OSError:  # not empty: not the server's alone
+                pass
         if listener.fileno() < 0 and not children:
             return 0
         for key, _ in selector.select(timeout=1.0):
