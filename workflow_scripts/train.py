@@ -32,7 +32,7 @@ args = parser.parse_args()
 if args.metrics is None and (args.pictures or args.feature_cache):
     parser.error("--pictures and --feature-cache belong to the evaluation: give --metrics too")
 setup_logging()
-evaluation = args.metrics and Evaluation(args.metrics, args.pictures, args.num_pictures, args.feature_cache)
+evaluation = Evaluation(args.metrics, args.pictures, args.num_pictures, args.feature_cache) if args.metrics else None
 with job_process(args.threads):
     run_training(JobSpec.from_json(args.spec), args.checkpoint, args.manifest, args.out, args.curve, args.plot,
-                 evaluation or None)
+                 evaluation)
